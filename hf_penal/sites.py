@@ -89,14 +89,25 @@ def _numbered(name: str) -> bool:
     return any(p.isdigit() for p in name.split("."))
 
 
-def _guess_kind(name: str, module: nn.Module) -> str:
-    low = name.lower()
+def _kind_from_text(text: str) -> Optional[str]:
+    low = text.lower()
     if re.search(r"cross|encdec|enc_dec", low):
         return "cross_attention"
     if re.search(r"attn|attention", low):
         return "attention"
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)) or re.search(
-            r"conv|bn\d", low):
+    if re.search(r"mlp|ffn|feed_?forward|\bff\b|fc|intermediate|dense", low):
+        return "mlp"
+    return None
+
+
+def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: Optional[nn.Module] = None) -> str:
+    """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name."""
+    rel = name[len(owner) + 1:] if owner and name.startswith(owner + ".") else name
+    for text in (rel, type(owner_module).__name__ if owner_module is not None else "", owner):
+        kind = _kind_from_text(text)
+        if kind:
+            return kind
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)):
         return "conv"
     return "mlp"
 
@@ -139,7 +150,8 @@ class _AddWatcher(TorchFunctionMode):
                 continue
             if isinstance(self.modules[mname], _NOT_BRANCH):
                 continue
-            self.found.setdefault(mname, dict(name=mname, block=owner, kind=_guess_kind(mname, self.modules[mname]),
+            self.found.setdefault(mname, dict(name=mname, block=owner, kind=_guess_kind(mname, self.modules[mname], owner,
+                                                                              self.modules.get(owner)),
                                               output_index=index, inplace=inplace and z_is_target, skip=None,
                                               source="probe"))
             return

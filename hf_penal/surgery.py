@@ -28,15 +28,32 @@ MODE = "residual_mode"
 _STATE = "_hf_penal"
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _host(modules: dict, site_name: str) -> tuple[nn.Module, str]:
+    """(module that holds a site's connection/mode children, suffix of their names). The branch-end module itself,
+    unless it is a container whose forward would run any child we add: then its parent, with the container's
+    attribute name as suffix (``penal_connection_ffn``)."""
+    mod = modules[site_name]
+    if isinstance(mod, _CONTAINERS) and site_name:
+        parent, _, attr = site_name.rpartition(".")
+        return modules[parent], "_" + attr
+    return mod, ""
+
+
 class _SiteHook:
     """Forward hook at a branch-end module: z → mode(z, x) → connection(z). Picklable (no closures)."""
 
-    def __init__(self, index: Optional[int]):
+    def __init__(self, index: Optional[int], host: Optional[nn.Module] = None, suffix: str = ""):
         self.index = index
+        self.host = host  # None: the hooked module itself
+        self.suffix = suffix
 
     def __call__(self, module, args, output):
-        conn = module._modules.get(CONNECTION)
-        mode = module._modules.get(MODE)
+        host = module if self.host is None else self.host
+        conn = host._modules.get(CONNECTION + self.suffix)
+        mode = host._modules.get(MODE + self.suffix)
         index = self.index
         if index is None and isinstance(output, (tuple, list)):
             index = 0
@@ -160,6 +177,7 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
     dtype = cfg.torch_storage_dtype
     for site in chosen:
         mod = modules[site.name]
+        host, suffix = _host(modules, site.name)
         try:
             ref = next(mod.parameters())
             device = ref.device
@@ -169,10 +187,10 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
             conn = PenalConnection(cfg.tau, storage_dtype=dtype, copy=site.inplace)
             if device is not None and device.type != "meta":
                 conn.to(device)
-            mod.add_module(CONNECTION, conn)
+            host.add_module(CONNECTION + suffix, conn)
         if modes is not None and site.name in modes:
-            mod.add_module(MODE, modes[site.name])
-        mod.register_forward_hook(_SiteHook(site.output_index))
+            host.add_module(MODE + suffix, modes[site.name])
+        mod.register_forward_hook(_SiteHook(site.output_index, None if host is mod else host, suffix))
     if modes is not None:
         from .modes import attach_skip_capture  # noqa: PLC0415
         attach_skip_capture(model, chosen, modes)
@@ -188,9 +206,10 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
             del mod._forward_hooks[key]
             mod._forward_hooks_with_kwargs.pop(key, None)
             mod._forward_hooks_always_called.pop(key, None)
-        for child in (CONNECTION, MODE):
-            if child in mod._modules:
-                del mod._modules[child]
+        host, suffix = _host(modules, site.name)
+        for child in (CONNECTION + suffix, MODE + suffix):
+            if child in host._modules:
+                del host._modules[child]
     from .modes import detach_skip_capture  # noqa: PLC0415
     detach_skip_capture(model)
 
@@ -232,7 +251,8 @@ def connections(model: nn.Module) -> list[tuple[ResidualSite, PenalConnection]]:
     modules = dict(model.named_modules())
     out = []
     for s in st.sites:
-        conn = modules[s.name]._modules.get(CONNECTION)
+        host, suffix = _host(modules, s.name)
+        conn = host._modules.get(CONNECTION + suffix)
         if conn is not None:
             out.append((s, conn))
     return out
