@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p_inspect.add_argument("target", help="transformers model directory (or hub id), or a timm model name")
     p_plot = sub.add_parser("plot", help="plot τ over steps and a layer × step heatmap of ε for a training run")
     p_plot.add_argument("run_dir", help="a Trainer output dir (or checkpoint dir) holding trainer_state.json")
-    p_plot.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/penal.png)")
+    p_plot.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/penal_diagnostics.png)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.command == "inspect":

@@ -1,0 +1,419 @@
+"""Training integration: `PenalTrainingArguments`, `PenalTrainer` and `PenalCallback`.
+
+    args = hf_penal.PenalTrainingArguments(output_dir="out", penal_tau=3e-4, penal_schedule="cosine",
+                                           penal_warmup_ratio=0.1, penal_log_efficiency=True)
+    trainer = hf_penal.PenalTrainer(model=model, args=args, train_dataset=train)
+    trainer.train()
+
+With your own Trainer (subclass), the callback alone does the same work:
+``trainer = Seq2SeqTrainer(..., callbacks=[hf_penal.PenalCallback(penal_tau=3e-4, penal_schedule="cosine")])``.
+
+What the callback keeps correct, once per optimizer step (``on_step_begin``):
+
+* τ = schedule(global_step, max_steps) × depth factor, written into the connections' τ buffers (never into the
+  recorded ``config.penal``, which keeps the configured peak). A pure function of the step, so resuming from a
+  checkpoint continues the exact trajectory.
+* the connections' ``gain`` = current GradScaler loss scale × data-parallel world size: the gradient reaching z is
+  multiplied by the scale, and DDP averages gradients over ranks, so the added τ·z must be multiplied by both to stay
+  the fp32, single-process penalty. Gradient accumulation needs no correction (the penalty summed over k micro-batches
+  is that of one k× larger batch). The scale is read as a tensor, without a device sync.
+
+Logged at every logging step: ``penal/tau`` (the τ used in the step just finished) and, with
+``penal_log_efficiency``, ``penal/efficiency/layer_NN``, ``penal/z_norm/layer_NN`` and ``penal/efficiency`` (see
+`hf_penal.diagnostics`). Statistics are those of the logging process (rank 0 under DDP).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import DefaultFlowCallback
+from transformers.utils import logging
+
+from . import surgery
+from .config import DEFAULT_TAU, PenalConfig
+from .diagnostics import _root, efficiency_metrics, track_efficiency
+from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
+
+logger = logging.get_logger(__name__)
+
+TAU_KEY = "penal/tau"
+
+
+# ------------------------------------------------------------------------------------------------------------ args
+@dataclasses.dataclass
+class PenalTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the penal connection settings (all ``penal_*``; see the field help texts).
+
+    ``penal_tau`` / ``penal_sites`` / ``penal_storage_dtype`` left at None take the model's own ``config.penal``
+    (or the defaults: τ = 3e-4, all sites, z kept in its own dtype); when set they override it.
+    """
+
+    penal: bool = dataclasses.field(default=True, metadata={"help": (
+        "Give the model penal connections when it has none. --no_penal trains a plain baseline (connections the "
+        "model already has are removed).")})
+    penal_tau: float | None = dataclasses.field(default=None, metadata={"help": (
+        "Peak penalty tau (>= 0). None: the model's own config.penal tau, else 3e-4.")})
+    penal_sites: str | None = dataclasses.field(default=None, metadata={"help": (
+        "Residual sites: all | attention | self_attention | cross_attention | mlp | conv, or a regex over site "
+        "names. None: the model's own setting, else 'all'.")})
+    penal_storage_dtype: str | None = dataclasses.field(default=None, metadata={"help": (
+        "dtype z is saved in for backward: float32 | float16 | bfloat16. None: the model's own setting, else the "
+        "activation's dtype.")})
+    penal_schedule: str = dataclasses.field(default="constant", metadata={"help": (
+        f"tau schedule over optimizer steps: {' | '.join(SCHEDULES)}."), "choices": list(SCHEDULES)})
+    penal_warmup_ratio: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Fraction of the optimizer steps over which tau rises linearly from 0 (used when penal_warmup_steps is 0).")})
+    penal_warmup_steps: int = dataclasses.field(default=0, metadata={"help": (
+        "Optimizer steps over which tau rises linearly from 0; overrides penal_warmup_ratio when > 0.")})
+    penal_final_tau: float = dataclasses.field(default=0.0, metadata={"help": (
+        "tau at the last step of the linear and cosine schedules.")})
+    penal_milestones: str | None = dataclasses.field(default=None, metadata={"help": (
+        "step schedule: comma-separated optimizer steps at which tau is multiplied by penal_gamma, e.g. '100,200'.")})
+    penal_gamma: float = dataclasses.field(default=0.1, metadata={"help": (
+        "step schedule: factor applied to tau at each milestone.")})
+    penal_depth_profile: str = dataclasses.field(default="uniform", metadata={"help": (
+        f"tau across depth: {' | '.join(DEPTH_PROFILES)} (linear in the layer index, 0 to 1, like timm's drop-path "
+        "rate)."), "choices": list(DEPTH_PROFILES)})
+    penal_log_efficiency: bool = dataclasses.field(default=False, metadata={"help": (
+        "Log the per-layer Markov efficiency and mean |z| every logging_steps (one dot product and two norms per "
+        "site in backward; off: no extra work).")})
+
+    def __post_init__(self):
+        _validate(self)
+        super().__post_init__()
+
+
+_FIELDS = {f.name: f.default for f in dataclasses.fields(PenalTrainingArguments) if f.name.startswith("penal")}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _validate(s: Any) -> None:
+    """Check and normalise the penal fields of `s` in place (ValueError naming the field)."""
+    def bad(name, allowed):
+        raise ValueError(f"PenalTrainingArguments field '{name}' must be {allowed}; got {getattr(s, name)!r}")
+
+    if not isinstance(s.penal, bool):
+        bad("penal", "True or False")
+    if s.penal_tau is not None and not (_is_number(s.penal_tau) and math.isfinite(s.penal_tau) and s.penal_tau >= 0):
+        bad("penal_tau", "None or a finite number >= 0 (e.g. 3e-4)")
+    if s.penal_sites is not None:
+        try:
+            PenalConfig(sites=s.penal_sites)
+        except ValueError as e:
+            raise ValueError(f"PenalTrainingArguments field 'penal_sites': {e}") from None
+    if s.penal_storage_dtype is not None:
+        try:
+            s.penal_storage_dtype = PenalConfig(storage_dtype=s.penal_storage_dtype).storage_dtype
+        except ValueError:
+            bad("penal_storage_dtype", "None, 'float32', 'float16' or 'bfloat16'")
+    if s.penal_schedule not in SCHEDULES:
+        bad("penal_schedule", f"one of {list(SCHEDULES)}")
+    if not (_is_number(s.penal_warmup_ratio) and 0.0 <= s.penal_warmup_ratio <= 1.0):
+        bad("penal_warmup_ratio", "a number in [0, 1]")
+    if not (isinstance(s.penal_warmup_steps, int) and not isinstance(s.penal_warmup_steps, bool)
+            and s.penal_warmup_steps >= 0):
+        bad("penal_warmup_steps", "an integer >= 0")
+    if not (_is_number(s.penal_final_tau) and math.isfinite(s.penal_final_tau) and s.penal_final_tau >= 0):
+        bad("penal_final_tau", "a finite number >= 0")
+    try:
+        steps = parse_milestones(s.penal_milestones)
+    except (ValueError, TypeError):
+        bad("penal_milestones", "comma-separated optimizer steps ('100,200') or a list of ints >= 0")
+    s.penal_milestones = ",".join(map(str, steps)) if steps else None  # one JSON-friendly, parser-friendly form
+    if s.penal_schedule == "step" and not steps:
+        bad("penal_milestones", "non-empty when penal_schedule='step' (e.g. '100,200')")
+    if not (_is_number(s.penal_gamma) and math.isfinite(s.penal_gamma) and s.penal_gamma >= 0):
+        bad("penal_gamma", "a finite number >= 0")
+    if s.penal_depth_profile not in DEPTH_PROFILES:
+        bad("penal_depth_profile", f"one of {list(DEPTH_PROFILES)}")
+    if not isinstance(s.penal_log_efficiency, bool):
+        bad("penal_log_efficiency", "True or False")
+
+
+@dataclasses.dataclass
+class _Settings:
+    """The penal fields alone (what `PenalCallback` needs when it is not given a PenalTrainingArguments)."""
+
+    penal: bool = True
+    penal_tau: float | None = None
+    penal_sites: str | None = None
+    penal_storage_dtype: str | None = None
+    penal_schedule: str = "constant"
+    penal_warmup_ratio: float = 0.0
+    penal_warmup_steps: int = 0
+    penal_final_tau: float = 0.0
+    penal_milestones: str | None = None
+    penal_gamma: float = 0.1
+    penal_depth_profile: str = "uniform"
+    penal_log_efficiency: bool = False
+
+    def __post_init__(self):
+        _validate(self)
+
+
+def _settings(args: TrainingArguments | None, overrides: dict) -> _Settings:
+    unknown = sorted(k for k in overrides if k not in _FIELDS and f"penal_{k}" not in _FIELDS)
+    if unknown:
+        raise TypeError(f"PenalCallback got unknown setting(s) {unknown}; allowed: {sorted(_FIELDS)} "
+                        f"(or the same without the 'penal_' prefix)")
+    values = {k: getattr(args, k, d) for k, d in _FIELDS.items()}
+    values.update({k if k in _FIELDS else f"penal_{k}": v for k, v in overrides.items()})
+    return _Settings(**values)
+
+
+# ------------------------------------------------------------------------------------------------------------ callback
+def _scale_of(scaler: Any) -> torch.Tensor | float | None:
+    """Current loss scale of a GradScaler as a tensor (no device sync); None when there is no enabled scaler."""
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    if scale is None:  # created lazily by the first scaler.scale(loss): the first step uses the initial scale
+        return float(getattr(scaler, "_init_scale", 1.0))
+    return scale
+
+
+def _find_trainer(callback: PenalCallback) -> Trainer | None:
+    """The Trainer whose callback handler is running `callback` (called from inside its on_train_begin)."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(12):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, Trainer) and callback in getattr(obj.callback_handler, "callbacks", ()):
+                return obj
+    finally:
+        del frame
+    return None
+
+
+class PenalCallback(TrainerCallback):
+    """Drives the penal connections during `Trainer.train`: τ schedule, loss-scale/world-size gain, logging.
+
+    Args:
+        args: a `PenalTrainingArguments` to take the penal settings from (optional).
+        **settings: penal settings by field name (``penal_tau=3e-4``, ``penal_schedule="cosine"``, ...; the short
+            forms ``tau=``, ``schedule=`` work too); they override `args`.
+
+    With a plain Trainer, the callback also gives the model penal connections when it has none (at train begin),
+    finds the Trainer's GradScaler, and moves itself ahead of the ``report_to`` callbacks so the penal metrics reach
+    them. `attach` does the same explicitly. With no settings, a `PenalTrainingArguments` given to the Trainer is used.
+    """
+
+    def __init__(self, args: TrainingArguments | None = None, **settings):
+        self._explicit = args is not None or bool(settings)
+        self.settings = _settings(args, settings)
+        self._trainer_ref: weakref.ref | None = None
+        self._prepared: weakref.ref | None = None
+        self._peak = DEFAULT_TAU
+        self._schedule: TauSchedule | None = None
+        self._pairs: list = []
+        self._pairs_state = None
+        self._tau: float | None = None
+        self._gain_fixed: float | None = None
+        self._world = 1
+        self._logs_via_trainer = False
+        self._probe_only = False
+
+    # -------------------------------------------------------------------------------------------- setup
+    def attach(self, trainer: Trainer) -> PenalCallback:
+        """Register with `trainer` (ahead of its reporting callbacks) and read its GradScaler from now on."""
+        cbs = trainer.callback_handler.callbacks
+        if self in cbs:
+            cbs.remove(self)
+        at = next((i + 1 for i, c in enumerate(cbs) if isinstance(c, DefaultFlowCallback)), 0)
+        cbs.insert(at, self)  # before report_to callbacks: metrics added in on_log reach them
+        self._trainer_ref = weakref.ref(trainer)
+        return self
+
+    def prepare(self, model: nn.Module) -> PenalConfig | None:
+        """Give `model` the penal connections these settings ask for (idempotent); returns the active config.
+
+        A model without connections gets them from the settings, or from its own ``config.penal``; settings that are
+        not None override the model's (logged). ``penal=False`` removes existing connections (a plain baseline) and,
+        with ``penal_log_efficiency``, adds τ = 0 probes that measure without penalizing.
+        """
+        if self._prepared is not None and self._prepared() is model:
+            return surgery.penal_config(_root(model))
+        s = self.settings
+        root = _root(model)
+        active = surgery.penal_config(root)
+        saved = getattr(getattr(root, "config", None), "penal", None) if active is None else None
+        self._probe_only = False
+        if not s.penal:
+            if active is not None:
+                logger.warning("hf_penal: penal=False: removing the model's penal connections (plain baseline)")
+                surgery.remove(root)
+            if s.penal_log_efficiency:
+                surgery.apply(root, tau=0.0, sites=s.penal_sites or "all")
+                surgery._record_config(root, None)  # probes only: checkpoints stay plain
+                self._probe_only = True
+                logger.info("hf_penal: penal=False with penal_log_efficiency: tau=0 probes measure the efficiency")
+            self._peak = 0.0
+        else:
+            given = {k: v for k, v in (("tau", s.penal_tau), ("sites", s.penal_sites),
+                                       ("storage_dtype", s.penal_storage_dtype)) if v is not None}
+            if active is not None or isinstance(saved, dict):
+                base = active if active is not None else PenalConfig.from_dict(saved)
+                changed = {k: v for k, v in given.items() if getattr(base, k) != v}
+                if changed:
+                    logger.info(f"hf_penal: training arguments override the model's penal settings {changed}")
+                if active is None or set(changed) - {"tau"}:
+                    surgery.apply(root, base.replace(**changed))
+                elif changed:
+                    surgery.set_tau(root, changed["tau"])
+            else:
+                surgery.apply(root, tau=given.get("tau", DEFAULT_TAU), sites=given.get("sites", "all"),
+                              storage_dtype=given.get("storage_dtype"))
+            self._peak = surgery.penal_config(root).tau
+        self._schedule = TauSchedule(name=s.penal_schedule, tau=self._peak, final_tau=s.penal_final_tau,
+                                     warmup_steps=s.penal_warmup_steps, warmup_ratio=s.penal_warmup_ratio,
+                                     milestones=parse_milestones(s.penal_milestones), gamma=s.penal_gamma,
+                                     depth_profile=s.penal_depth_profile)
+        self._prepared = weakref.ref(model)
+        return surgery.penal_config(root)
+
+    def _connections(self, model: nn.Module) -> list:
+        """Cached (connection, depth factor) pairs; rebuilt when the model's penal state changes."""
+        root = _root(model)
+        state = surgery._state(root)
+        if state is not self._pairs_state:
+            self._pairs = [(conn, self._schedule.factor(site.depth, site.n_layers))
+                           for site, conn in surgery.connections(root)]
+            self._pairs_state = state
+        return self._pairs
+
+    # -------------------------------------------------------------------------------------------- schedule
+    def tau_at(self, step: int, total_steps: int) -> float:
+        """The configured τ (before the depth factor) of optimizer step `step` (0-based) out of `total_steps`."""
+        if self._schedule is None:
+            raise RuntimeError("PenalCallback.tau_at: call prepare(model) (or start training) first")
+        return self._schedule(step, total_steps)
+
+    # -------------------------------------------------------------------------------------------- events
+    def on_init_end(self, args, state, control, **kwargs):
+        if not self._explicit and isinstance(args, PenalTrainingArguments):
+            self.settings = _settings(args, {})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self._explicit and isinstance(args, PenalTrainingArguments):
+            self.settings = _settings(args, {})
+        if self._trainer_ref is None or self._trainer_ref() is None:
+            trainer = _find_trainer(self)
+            if trainer is not None:
+                self.attach(trainer)
+            elif getattr(args, "fp16", False):
+                logger.warning("hf_penal: PenalCallback could not find the Trainer's GradScaler; call "
+                               "PenalCallback.attach(trainer) so the penalty follows the fp16 loss scale")
+        if model is None:
+            return
+        self.prepare(model)
+        pairs = self._connections(model)
+        if self.settings.penal_log_efficiency and pairs:
+            track_efficiency(model, True)
+        world = max(1, int(getattr(args, "world_size", 1) or 1))
+        self._gain_fixed = None
+        self._world = world
+        self._tau = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or self._schedule is None:
+            return
+        pairs = self._connections(model)
+        if not pairs:
+            return
+        tau = self._schedule(state.global_step, state.max_steps)
+        with torch.no_grad():
+            for conn, factor in pairs:
+                conn.tau.fill_(tau * factor)
+            self._set_gain(pairs)
+        self._tau = tau
+
+    def _set_gain(self, pairs: list) -> None:
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
+        scale = _scale_of(scaler)
+        if torch.is_tensor(scale):
+            gain = scale.detach().reshape(()).float() * self._world
+            for conn, _ in pairs:
+                conn.gain.copy_(gain)  # device to device: no sync
+            self._gain_fixed = None
+            return
+        value = (1.0 if scale is None else scale) * self._world
+        if self._gain_fixed != value:  # constant gain: write it once
+            for conn, _ in pairs:
+                conn.gain.fill_(value)
+            self._gain_fixed = value
+
+    def metrics(self, model: nn.Module, reset: bool = True) -> dict[str, float]:
+        """The penal log entries now: ``penal/tau`` (τ of the step just finished) and, when measured, efficiency."""
+        out: dict[str, float] = {}
+        if self._schedule is None:
+            return out
+        if self._tau is not None and self._connections(model):
+            out[TAU_KEY] = self._tau
+        if self.settings.penal_log_efficiency:
+            out.update(efficiency_metrics(model, reset=reset))
+        return out
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if self._logs_via_trainer or model is None or logs is None or not _is_train_row(logs):
+            return
+        extra = self.metrics(model)
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is None or self._schedule is None:
+            return
+        pairs = self._connections(model)
+        if not pairs:
+            return
+        if self.settings.penal_log_efficiency:
+            track_efficiency(model, False)
+        cfg = surgery.penal_config(_root(model))
+        with torch.no_grad():  # leave the model as configured: peak τ, unit gain
+            for conn, _ in pairs:
+                conn.tau.fill_(cfg.tau if cfg is not None else 0.0)
+                conn.gain.fill_(1.0)
+        self._gain_fixed = None
+
+
+def _is_train_row(logs: dict) -> bool:
+    return not any(k.startswith(("eval_", "test_", "predict_")) for k in logs)
+
+
+# ------------------------------------------------------------------------------------------------------------ trainer
+class PenalTrainer(Trainer):
+    """`Trainer` with penal connections: applies them from the ``penal_*`` arguments to a model that has none (or
+    uses the model's own ``config.penal``; arguments that are set override it), adds a `PenalCallback`, and logs
+    ``penal/tau`` and the efficiency metrics through `Trainer.log` (so ``log_history`` and the ``report_to``
+    back-ends get them). ``args`` may be a `PenalTrainingArguments` or a plain `TrainingArguments` (penal
+    defaults)."""
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pos, **kwargs):
+        if args is None:
+            args = PenalTrainingArguments(output_dir="trainer_output")
+        self.penal_callback = PenalCallback(args)
+        if model is not None:
+            self.penal_callback.prepare(model)  # before the Trainer moves / compiles / wraps the model
+        super().__init__(model, args, *pos, **kwargs)
+        self.penal_callback.attach(self)
+        self.penal_callback._logs_via_trainer = True
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model is not None and _is_train_row(logs):
+            logs = {**logs, **self.penal_callback.metrics(self.model)}
+        super().log(logs, start_time)
