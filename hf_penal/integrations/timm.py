@@ -26,6 +26,7 @@ def _wrap(func):
         from .. import surgery  # noqa: PLC0415
         from ..config import resolve_config  # noqa: PLC0415
         cfg = resolve_config(None if penal is True else penal, **fields)  # bad input fails before building
+        _check_local_files(kwargs)
         with outermost():
             model = func(*args, **kwargs)
         surgery.apply(model, cfg)
@@ -35,6 +36,17 @@ def _wrap(func):
 
     create_model._hf_penal = True
     return create_model
+
+
+def _check_local_files(kwargs: dict) -> None:
+    """timm raises a bare FileNotFoundError() for a missing local checkpoint: name the file and the argument."""
+    import os  # noqa: PLC0415
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    for what, path in (("pretrained_cfg_overlay['file']", overlay.get("file") if kwargs.get("pretrained") else None),
+                       ("checkpoint_path", kwargs.get("checkpoint_path"))):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"timm.create_model: {what} {path!r} does not exist")
 
 
 def install() -> bool:

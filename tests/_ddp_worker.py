@@ -1,0 +1,62 @@
+"""Run by test_robustness under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): each rank trains a
+penalized tiny BERT on its half of a global batch through DDP (accelerate) or FSDP2 (`fully_shard`) and saves its gradients and the single-process oracle's
+(vanilla model, full batch, explicit penalty) for the test to compare."""
+import copy
+import json
+import os
+import sys
+
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hf_penal  # noqa: E402
+from _models import build  # noqa: E402
+from _oracle import grads  # noqa: E402
+
+TAU = 1e-2
+
+
+def main(out_dir, mode):
+    acc = Accelerator(cpu=True)
+    cfg, auto, _ = build("bert")
+    torch.manual_seed(0)
+    vanilla = auto.from_config(cfg)
+    model = hf_penal.apply(copy.deepcopy(vanilla), tau=TAU)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(3, 100, (8, 8), generator=g), labels=torch.randint(0, 3, (8,), generator=g))
+    zspec = [(r"bert\.encoder\.layer\.\d+\.(attention\.)?output\.dropout", None)]
+    g_oracle, _, _ = grads(vanilla, lambda m: m(**batch).loss, zspec, TAU)
+
+    hf_penal.set_loss_scale(model, 1.0, world_size=acc.num_processes)  # DDP averages over ranks
+    half = 8 // acc.num_processes
+    sl = slice(acc.process_index * half, (acc.process_index + 1) * half)
+    local = {k: v[sl] for k, v in batch.items()}
+    if mode == "fsdp":  # FSDP2 on gloo: shard each layer and the root; gradients are reduce-scattered (averaged)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh("cpu", (acc.num_processes,))
+        for layer in model.bert.encoder.layer:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        ddp = model
+        ddp.train()
+        ddp(**local).loss.backward()
+        g_ddp = {n: p.grad.full_tensor().detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        wrapped = "FSDP" in type(model).__name__
+    else:
+        ddp = acc.prepare(model)
+        ddp.train()
+        acc.backward(ddp(**local).loss)
+        unwrapped = acc.unwrap_model(ddp)
+        g_ddp = {n: p.grad.detach().clone() for n, p in unwrapped.named_parameters() if p.grad is not None}
+        wrapped = "DistributedDataParallel" in type(ddp).__name__
+    torch.save({"ddp": g_ddp, "oracle": {k: v for k, v in g_oracle.items() if k in g_ddp}},
+               os.path.join(out_dir, f"rank{acc.process_index}.pt"))
+    with open(os.path.join(out_dir, f"rank{acc.process_index}.json"), "w") as f:
+        json.dump(dict(world=acc.num_processes, rank=acc.process_index,
+                       wrapped=wrapped, sites=len(hf_penal.sites(model))), f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

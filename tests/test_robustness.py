@@ -1,0 +1,279 @@
+"""The compatibility matrix: gradient checkpointing, torch.compile, mixed precision, DDP, PEFT/LoRA, export,
+state (copy/pickle/state_dict), malformed settings and checkpoints, and a security scan of the repository."""
+import copy
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_penal
+from _models import SPEC, hf_loss, saved
+from _oracle import grads, rel_err
+
+TAU = 1e-2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bert(tmp_path):
+    d, auto, inputs = saved("bert", tmp_path)
+    return d, auto, inputs
+
+
+def _oracle(auto, d, inputs, tau=TAU):
+    return grads(auto.from_pretrained(d), hf_loss(inputs), SPEC["bert"][0], tau)[0]
+
+
+# ---------------------------------------------------------------------------------------------- checkpointing
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_hf_gradient_checkpointing_exact_and_still_active(bert, reentrant):
+    d, auto, inputs = bert
+    model = auto.from_pretrained(d, penal_tau=TAU)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    runs = []
+    h = model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *a: runs.append(1))
+    g, _, _ = grads(model, hf_loss(inputs))
+    h.remove()
+    assert len(runs) == 2  # forward + recompute in backward: checkpointing is active
+    assert rel_err(g, _oracle(auto, d, inputs)) < 1e-5  # and the penalty is applied once per site
+
+
+def test_timm_grad_checkpointing_exact_and_active():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, depth=2, num_classes=3)
+    vanilla = timm.create_model("vit_tiny_patch16_224", **kw)
+    model = timm.create_model("vit_tiny_patch16_224", **kw, penal_tau=TAU)
+    model.load_state_dict(vanilla.state_dict())
+    model.set_grad_checkpointing(True)
+    runs = []
+    model.blocks[0].mlp.fc1.register_forward_hook(lambda *a: runs.append(1))
+    x = torch.randn(2, 3, 32, 32)
+    loss = lambda m: m(x).square().mean()  # noqa: E731
+    g, _, _ = grads(model, loss)
+    assert len(runs) == 2
+    g_oracle, _, _ = grads(vanilla, loss, [(r"blocks\.\d+\.drop_path[12]", None)], TAU)
+    assert rel_err(g, g_oracle) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- compile
+def test_compile_exact_no_recompile_on_tau_change_no_graph_break(bert):
+    import torch._dynamo
+    d, auto, inputs = bert
+    counts = {}
+
+    def run(model, taus, key):
+        torch._dynamo.reset()
+        n = [0]
+
+        def backend(gm, ex):
+            n[0] += 1
+            return gm.forward
+
+        cm = torch.compile(model, backend=backend)
+        model.train()
+        out = []
+        for tau in taus:
+            if tau is not None:
+                hf_penal.set_tau(model, tau)
+            model.zero_grad(set_to_none=True)
+            cm(**inputs).loss.backward()
+            out.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+            counts.setdefault(key, []).append(n[0])
+        return out
+
+    run(auto.from_pretrained(d), [None, None, None], "vanilla")
+    g = run(auto.from_pretrained(d, penal_tau=TAU), [None, None, 2e-3, 3e-3], "penal")
+    assert rel_err(g[0], _oracle(auto, d, inputs)) < 1e-5
+    assert rel_err(g[3], _oracle(auto, d, inputs, 3e-3)) < 1e-5
+    assert counts["penal"][-1] == counts["penal"][1]  # tau changes: no recompile
+    assert counts["penal"][1] == counts["vanilla"][1]  # the op adds no graph break
+
+
+def test_compile_aot_eager_backend_matches_eager(bert):
+    d, auto, inputs = bert
+    model = auto.from_pretrained(d, penal_tau=TAU)
+    cm = torch.compile(model, backend="aot_eager")
+    g, _, _ = grads(cm, hf_loss(inputs))
+    g = {k.removeprefix("_orig_mod."): v for k, v in g.items()}
+    assert rel_err(g, _oracle(auto, d, inputs)) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def test_bf16_autocast_matches_the_oracle_under_the_same_autocast(bert):
+    d, auto, inputs = bert
+    model = auto.from_pretrained(d, penal_tau=TAU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g, _, _ = grads(model, hf_loss(inputs))
+        g_oracle = _oracle(auto, d, inputs)
+        g_plain, _, _ = grads(auto.from_pretrained(d), hf_loss(inputs))
+    assert rel_err(g, g_oracle) < 2e-2 < rel_err(g_plain, g_oracle)
+
+
+def test_fp16_grad_scaler_needs_and_gets_the_scale_aware_term(bert):
+    d, auto, inputs = bert
+    scale = 2.0 ** 12
+
+    def scaled_grads(model, tell_scale):
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        if tell_scale:
+            hf_penal.set_loss_scale(model, scaler.get_scale())
+        model.train()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(**inputs).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        return {k: p.grad.float() for k, p in model.named_parameters() if p.grad is not None}
+
+    with torch.autocast("cpu", dtype=torch.float16):
+        g_oracle = _oracle(auto, d, inputs)
+    g_plain = scaled_grads(auto.from_pretrained(d), False)
+    ok = scaled_grads(auto.from_pretrained(d, penal_tau=TAU), True)
+    naive = scaled_grads(auto.from_pretrained(d, penal_tau=TAU), False)
+    assert rel_err(ok, g_oracle) < 1e-2
+    assert rel_err(naive, g_plain) < 1e-2 * rel_err(g_oracle, g_plain) * 10  # penalty /S: nearly a no-op
+    assert rel_err(naive, g_oracle) > 10 * rel_err(ok, g_oracle)
+
+
+def test_bf16_storage_halves_saved_bytes_with_negligible_error(bert):
+    d, auto, inputs = bert
+
+    def saved_bytes_and_grads(model):
+        seen = {}
+
+        def pack(t):
+            seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            g, _, _ = grads(model, hf_loss(inputs))
+        return sum(seen.values()), g
+
+    b_plain, _ = saved_bytes_and_grads(auto.from_pretrained(d))
+    b_fp32, _ = saved_bytes_and_grads(auto.from_pretrained(d, penal_tau=TAU))
+    b_bf16, g = saved_bytes_and_grads(auto.from_pretrained(d, penal={"tau": TAU, "storage_dtype": "bfloat16"}))
+    assert b_fp32 > b_plain
+    assert (b_bf16 - b_plain) <= 0.5 * (b_fp32 - b_plain) + 64
+    assert rel_err(g, _oracle(auto, d, inputs)) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_data_parallel_on_cpu_equals_single_process_oracle(tmp_path, mode):
+    pytest.importorskip("accelerate")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path), mode]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        meta = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert meta == dict(world=2, rank=rank, wrapped=True, sites=4)
+        res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert rel_err(res["ddp"], res["oracle"]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- PEFT
+def test_lora_on_top_of_penal_trains_adapters_with_the_penalty_and_round_trips(bert, tmp_path):
+    peft = pytest.importorskip("peft")
+    d, auto, inputs = bert
+    lcfg = dict(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0, task_type="SEQ_CLS")
+    torch.manual_seed(0)
+    model = peft.get_peft_model(auto.from_pretrained(d, penal_tau=TAU), peft.LoraConfig(**lcfg))
+    torch.manual_seed(0)
+    vanilla = peft.get_peft_model(auto.from_pretrained(d), peft.LoraConfig(**lcfg))
+    for m in (model, vanilla):  # non-zero B so the adapters' gradients depend on the penalty through z
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(len(n)))
+    assert len(hf_penal.sites(model.base_model.model)) == 4
+    g, _, _ = grads(model, hf_loss(inputs))
+    zspec = [(r".*bert\.encoder\.layer\.\d+\.(attention\.)?output\.dropout", None)]
+    g_oracle, _, _ = grads(vanilla, hf_loss(inputs), zspec, TAU)
+    g_plain, _, _ = grads(vanilla, hf_loss(inputs))
+    lora = [k for k in g if "lora_" in k]
+    assert lora and all(g[k].abs().sum() > 0 for k in lora)
+    sub = lambda x: {k: x[k] for k in lora}  # noqa: E731
+    assert rel_err(sub(g), sub(g_oracle)) < 1e-5 < rel_err(sub(g_plain), sub(g_oracle))
+    model.save_pretrained(tmp_path / "adapter")
+    model.base_model.model.save_pretrained(tmp_path / "base")
+    base = auto.from_pretrained(tmp_path / "base")
+    assert hf_penal.penal_config(base).tau == TAU
+    again = peft.PeftModel.from_pretrained(base, tmp_path / "adapter")
+    for k, v in model.state_dict().items():
+        if "lora_" in k:
+            assert torch.equal(again.state_dict()[k], v)
+    assert len(hf_penal.sites(again.base_model.model)) == 4
+
+
+# ---------------------------------------------------------------------------------------------- export
+def test_export_in_eval_has_no_trace_of_the_op(bert):
+    d, auto, inputs = bert
+    ids = inputs["input_ids"]
+
+    def ops(model):
+        ep = torch.export.export(model.eval(), (ids,), strict=False)
+        return [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+
+    assert ops(auto.from_pretrained(d, penal_tau=TAU)) == ops(auto.from_pretrained(d))
+
+
+# ---------------------------------------------------------------------------------------------- state
+def test_deepcopy_and_pickle_keep_the_penalty_and_state_dict_keys_are_unchanged(bert):
+    d, auto, inputs = bert
+    model = auto.from_pretrained(d, penal_tau=TAU)
+    g_oracle = _oracle(auto, d, inputs)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert rel_err(grads(clone, hf_loss(inputs))[0], g_oracle) < 1e-5
+        hf_penal.set_tau(clone, 0.0)  # a clone is independent of its source
+    assert rel_err(grads(model, hf_loss(inputs))[0], g_oracle) < 1e-5
+    assert list(model.state_dict()) == list(auto.from_pretrained(d).state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("penal,match", [({"tau": "high"}, "'tau'"), ({"tau": -1}, "'tau'"),
+                                         ({"taux": 1e-3}, "taux"), ({"sites": 7}, "'sites'"), ("yes", "penal")])
+def test_malformed_config_penal_in_config_json_is_named(bert, tmp_path, penal, match):
+    d, auto, _ = bert
+    conf = json.loads(Path(d, "config.json").read_text())
+    conf["penal"] = penal
+    Path(d, "config.json").write_text(json.dumps(conf))
+    with pytest.raises((ValueError, TypeError), match=match):
+        auto.from_pretrained(d)
+
+
+def test_missing_or_corrupt_timm_checkpoint_gives_one_clear_error(tmp_path):
+    timm = pytest.importorskip("timm")
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises((FileNotFoundError, OSError, RuntimeError), match="nope"):
+        timm.create_model("resnet18", pretrained=True, num_classes=3,
+                          pretrained_cfg_overlay=dict(file=str(missing), num_classes=3), penal=True)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(Exception) as err:  # noqa: PT011 - safetensors' own error type
+        timm.create_model("resnet18", pretrained=True, num_classes=3,
+                          pretrained_cfg_overlay=dict(file=str(bad), num_classes=3), penal=True)
+    assert not isinstance(err.value, (AttributeError, KeyError, NameError))
+
+
+# ---------------------------------------------------------------------------------------------- security
+def test_no_unsafe_loading_anywhere_in_the_repository():
+    offenders = []
+    for path in list(ROOT.glob("hf_penal/**/*.py")) + list(ROOT.glob("recipes/**/*.py")) + \
+            list(ROOT.glob("benchmarks/**/*.py")) + list(ROOT.glob("tests/**/*.py")):
+        text = path.read_text()
+        if path.name == "test_robustness.py":
+            continue
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                offenders.append(f"{path}: {m.group(0)}")
+        if re.search(r"trust_remote_code\s*=\s*True", text) or re.search(r"(?<![.\w])(eval|exec)\(", text):
+            offenders.append(f"{path}: trust_remote_code/eval/exec")
+    assert not offenders, offenders
