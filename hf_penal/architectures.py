@@ -8,10 +8,15 @@ branches. A branch is ``(path, output_index, kind, x_path)``:
   optional and end the branch when present).
 * ``output_index``: None when the module returns z itself, an int when it returns a tuple with z at that index.
 * ``kind``: "attention", "cross_attention", "mlp" or "conv".
-* ``x_path``: where the residual modes find the skip input x (see `hf_penal.modes`): ``"input"`` (the block's
-  first positional input), ``"input_tensor"`` (the second positional input of the module owning the add, as in
-  BERT's ``SelfOutput(hidden_states, input_tensor)``), ``"previous"`` (x + z of the branch before it in the same
-  block), or ``"shortcut"`` (timm ResNet: ``downsample(x)`` or x).
+* ``x_path``: where the residual modes (`hf_penal.modes`) find the skip input x, the tensor the block adds to z:
+  ``"how@path"`` alternatives separated by ``|`` (the first whose module exists and is not None wins), optionally
+  followed by ``~width_path`` naming a module whose size is the feature width (default: the module at ``path``).
+  ``how`` is ``input`` (x is the first input of the submodule ``path``; ``""`` is the block itself),
+  ``input_tensor`` (x is the ``input_tensor`` argument of ``path``, BERT's ``SelfOutput(hidden_states,
+  input_tensor)``) or ``output`` (x is the output of ``path``, e.g. timm ResNet's ``downsample``: that module runs
+  after the branch, so there the mode rewrites the shortcut instead of z). In pre-LN blocks x is the input of the
+  branch's pre-norm (for the second branch that is x + z of the first). None: modes other than "identity" are not
+  supported for that block.
 
 Blocks whose add modifies z in place are listed in `INPLACE_ADD`. Verified against transformers 5.23 and
 timm 1.0.31 by the test-suite; architectures not listed go through the generic probe in `hf_penal.sites`.
@@ -19,21 +24,22 @@ timm 1.0.31 by the test-suite; architectures not listed go through the generic p
 from __future__ import annotations
 
 _BERT_LIKE = [
-    ("attention.output.dropout", None, "attention", "input"),
-    ("crossattention.output.dropout", None, "cross_attention", "previous"),
-    ("output.dropout", None, "mlp", "previous"),
+    ("attention.output.dropout", None, "attention", "input_tensor@attention.output~attention.output.dense"),
+    ("crossattention.output.dropout", None, "cross_attention",
+     "input_tensor@crossattention.output~crossattention.output.dense"),
+    ("output.dropout", None, "mlp", "input_tensor@output~output.dense"),
 ]
 _GPT2_LIKE = [
-    ("attn", 0, "attention", "input"),
-    ("crossattention", 0, "cross_attention", "previous"),
-    ("mlp", None, "mlp", "previous"),
+    ("attn", 0, "attention", "input@ln_1"),
+    ("crossattention", 0, "cross_attention", "input@ln_cross_attn"),
+    ("mlp", None, "mlp", "input@ln_2"),
 ]
 _PRE_NORM_DECODER = [
-    ("self_attn", 0, "attention", "input"),
-    ("mlp", None, "mlp", "previous"),
+    ("self_attn", 0, "attention", "input@input_layernorm"),
+    ("mlp", None, "mlp", "input@post_attention_layernorm"),
 ]
-_RESNET_BASIC = [("drop_path|se|bn2", None, "conv", "shortcut")]
-_RESNET_BOTTLENECK = [("drop_path|se|bn3", None, "conv", "shortcut")]
+_RESNET_BASIC = [("drop_path|se|bn2", None, "conv", "output@downsample|input@~bn2")]
+_RESNET_BOTTLENECK = [("drop_path|se|bn3", None, "conv", "output@downsample|input@~bn3")]
 
 BRANCHES: dict[str, list] = {
     # --- transformers: post-LN encoders, LayerNorm(dropout(dense(h)) + input_tensor)
@@ -43,19 +49,21 @@ BRANCHES: dict[str, list] = {
     "GPT2Block": _GPT2_LIKE,
     # --- transformers: Llama-family decoder layers (pre-norm, no post-branch norm)
     **{f"{p}DecoderLayer": _PRE_NORM_DECODER for p in (
-        "Llama", "Mistral", "Qwen2", "Qwen3", "Mixtral", "Olmo", "Granite")},
+        "Llama", "Mistral", "Qwen2", "Qwen3", "Mixtral", "Olmo")},
+    # Granite scales z by residual_multiplier after the branch: residual modes would be off by that factor
+    "GraniteDecoderLayer": [(p, i, k, None) for p, i, k, _ in _PRE_NORM_DECODER],
     # --- transformers: T5 sub-layers, each `hidden + dropout(branch)`
-    "T5LayerSelfAttention": [("dropout", None, "attention", "input")],
-    "T5LayerCrossAttention": [("dropout", None, "cross_attention", "input")],
-    "T5LayerFF": [("dropout", None, "mlp", "input")],
+    "T5LayerSelfAttention": [("dropout", None, "attention", "input@layer_norm")],
+    "T5LayerCrossAttention": [("dropout", None, "cross_attention", "input@layer_norm")],
+    "T5LayerFF": [("dropout", None, "mlp", "input@layer_norm")],
     # --- transformers ViT (5.x): ViTLayer adds both branches itself and one `dropout` module serves both; we take z
     #     at the branch modules, which equals the added tensor whenever hidden_dropout_prob == 0 (ViT's default).
-    "ViTLayer": [("attention", 0, "attention", "input"), ("mlp", None, "mlp", "previous")],
+    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"), ("mlp", None, "mlp", "input@layernorm_after")],
     # --- timm
-    "Block": [("drop_path1", None, "attention", "input"), ("drop_path2", None, "mlp", "previous")],  # ViT, DeiT, ...
+    "Block": [("drop_path1", None, "attention", "input@norm1"), ("drop_path2", None, "mlp", "input@norm2")],  # ViT, ...
     "BasicBlock": _RESNET_BASIC,
     "Bottleneck": _RESNET_BOTTLENECK,
-    "ConvNeXtBlock": [("drop_path", None, "conv", "shortcut")],
+    "ConvNeXtBlock": [("drop_path", None, "conv", "output@shortcut~norm")],
 }
 
 #: blocks whose residual add writes into z's storage (timm ResNet: `x += shortcut` then ReLU(inplace)); the op keeps

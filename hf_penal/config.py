@@ -48,8 +48,9 @@ def _looks_like_regex(s: str) -> bool:
 class PenalConfig:
     """What `hf_penal.apply` does to a model.
 
-    tau: penalty strength τ ≥ 0 (default 3e-4, the paper's). The gradient reaching each residual branch output z
-        becomes ``grad + tau * z`` in training.
+    tau: penalty strength τ ≥ 0 (default 3e-4, the paper's, with mode "identity"; 0 — no penalty — with any other
+        mode unless given). The gradient reaching each residual branch output z becomes ``grad + tau * z`` in
+        training.
     sites: which residual sites get the connection: ``"all"``, ``"attention"`` (self + cross), ``"self_attention"``,
         ``"cross_attention"``, ``"mlp"``, ``"conv"``, a regex matched (``re.search``) against site names, or a list
         of site names.
@@ -62,7 +63,7 @@ class PenalConfig:
         whether M is trained, the seed it is built from).
     """
 
-    tau: float = DEFAULT_TAU
+    tau: float | None = None  # None: DEFAULT_TAU with mode "identity", else 0 (see __post_init__)
     sites: SitesSpec = "all"
     storage_dtype: Union[str, None] = None
     mode: str = "identity"
@@ -74,6 +75,8 @@ class PenalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.tau is None:  # a residual mode alone is not a penal connection: penal only when tau is asked for
+            self.tau = DEFAULT_TAU if self.mode == "identity" else 0.0
         if not _is_number(self.tau) or not math.isfinite(self.tau) or self.tau < 0:
             raise ValueError(f"PenalConfig field 'tau' must be a finite number >= 0 (e.g. 3e-4); got {self.tau!r}")
         self.tau = float(self.tau)

@@ -43,7 +43,8 @@ def _host(modules: dict, site_name: str) -> tuple[nn.Module, str]:
 
 
 class _SiteHook:
-    """Forward hook at a branch-end module: z → mode(z, x) → connection(z). Picklable (no closures)."""
+    """Forward hook at a branch-end module: z → connection(z) → mode (which turns z into z' = y − x where it
+    rewrites the add). The penalty is on z, the branch output, whatever the mode. Picklable (no closures)."""
 
     def __init__(self, index: Optional[int], host: Optional[nn.Module] = None, suffix: str = ""):
         self.index = index
@@ -58,10 +59,10 @@ class _SiteHook:
         if index is None and isinstance(output, (tuple, list)):
             index = 0
         z = output if index is None else output[index]
-        if mode is not None:
-            z = mode(z)
         if conn is not None and conn.training:
             z = conn(z)
+        if mode is not None:
+            z = mode.take_branch_output(z)
         if index is None:
             return z
         out = list(output)
@@ -75,6 +76,7 @@ class _PenalState:
     def __init__(self, config: PenalConfig, sites: list):
         self.config = config
         self.sites = sites
+        self.warned = False  # the "mode changes a pretrained model" warning was given
 
 
 def _state(model: nn.Module) -> Optional[_PenalState]:
@@ -143,7 +145,9 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
     if config is None and st is not None:
         config = st.config
     cfg = resolve_config(config, **fields)
+    prior = getattr(getattr(model, "config", None), "penal", None)  # as loaded from the checkpoint's config.json
     old_sites = st.sites if st is not None else None
+    old_modes = _current_modes(model, old_sites)
     if st is not None:  # discover on the plain structure
         _detach(model, old_sites)
     try:
@@ -154,22 +158,47 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
         if not chosen:
             raise NoResidualSiteError(f"sites={cfg.sites!r} selects none of the {len(found)} residual sites of "
                                       f"{type(model).__name__} (kinds present: {sorted({s.kind for s in found})})")
-        modes = _mode_modules(model, chosen, cfg)
+        modes = _mode_modules(model, chosen, cfg, old_modes if st is not None and _same_mode(st.config, cfg) else None)
     except Exception:
         if st is not None:
-            _attach(model, old_sites, st.config, None)
+            _attach(model, old_sites, st.config, old_modes)
         raise
     _attach(model, chosen, cfg, modes)
     model.__dict__[_STATE] = _PenalState(cfg, chosen)
     _record_config(model, cfg)
+    if cfg.mode != "identity":
+        if isinstance(prior, dict) and _same_mode(prior, cfg):
+            model.__dict__[_STATE].warned = True  # the checkpoint was saved with this mode: its function is unchanged
+        elif str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""):
+            warn_if_pretrained(model, cfg, pretrained=True)  # loaded from a checkpoint
     return model
 
 
-def _mode_modules(model, chosen, cfg):
+def _mode_modules(model, chosen, cfg, previous=None):
     if cfg.mode == "identity":
         return None
     from .modes import build_mode_modules  # noqa: PLC0415 - modes are optional machinery
-    return build_mode_modules(model, chosen, cfg)
+    modes = build_mode_modules(model, chosen, cfg)
+    if previous:  # same mode settings as before (e.g. only tau changed): keep the trained LN parameters / M
+        modes.update({k: v for k, v in previous.items() if k in modes})
+    return modes
+
+
+def _same_mode(a: PenalConfig | dict, b: PenalConfig) -> bool:
+    from .modes import mode_settings
+    try:
+        return mode_settings(resolve_config(a) if isinstance(a, dict) else a) == mode_settings(b)
+    except (TypeError, ValueError):  # an unreadable config.penal: not the same
+        return False
+
+
+def _current_modes(model: nn.Module, chosen) -> dict | None:
+    if not chosen:
+        return None
+    modules = dict(model.named_modules())
+    found = {s.name: modules[s.name]._modules[MODE] for s in chosen
+             if s.name in modules and MODE in modules[s.name]._modules}
+    return found or None
 
 
 def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, modes) -> None:
@@ -299,6 +328,11 @@ def set_loss_scale(model: nn.Module, scale: Union[float, torch.Tensor], world_si
 
 def warn_if_pretrained(model: nn.Module, cfg: PenalConfig, pretrained: bool) -> None:
     """Residual modes other than "identity" change the function a checkpoint computes: say so once."""
+    st = _state(model)
+    if st is not None and st.warned:
+        return
     if cfg.mode != "identity" and pretrained:
+        if st is not None:
+            st.warned = True
         warnings.warn(f"hf_penal: mode={cfg.mode!r} changes the forward function of a pretrained model; its outputs "
                       f"will differ from the checkpoint's until it is fine-tuned", UserWarning, stacklevel=3)

@@ -4,16 +4,63 @@ After `import hf_penal`, every `PreTrainedModel.from_pretrained`, `_from_config`
 `from_config` accepts ``penal=True | dict | PenalConfig | False`` and ``penal_<field>=...`` (``penal_tau=1e-3``).
 A checkpoint whose config.json carries ``penal`` is re-penalized on load; ``penal=False`` loads it plain. The
 settings are written to ``config.penal`` by `apply`, so `save_pretrained` persists them; the penal connection adds
-no weights, so plain transformers loads such a checkpoint as a normal model.
+no weights, so plain transformers loads such a checkpoint as a normal model. Residual modes with weights (LayerNorm
+γ/β, a learnable M) save them under ``...residual_mode...`` keys; transformers drops those on load (the surgery runs
+after loading), so `_load_mode_weights` reads them again from the checkpoint's safetensors.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 from . import outermost, pop_penal_kwargs
 
 
-def _finish(model, penal, fields, given):
+def _load_mode_weights(model, source, kwargs) -> int:
+    """Residual-mode parameters (LayerNorm γ/β, a learnable M) do not exist when transformers loads the checkpoint
+    (the surgery runs afterwards), so transformers drops them as unexpected keys: read them again from the
+    checkpoint's safetensors. Returns the number of tensors loaded."""
+    own = model.state_dict()
+    wanted = {k for k in own if ".residual_mode." in f".{k}"}
+    if not wanted or not isinstance(source, (str, os.PathLike)):
+        return 0
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    opts = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token", "local_files_only") if k in kwargs}
+    opts["_raise_exceptions_for_missing_entries"] = False
+    try:
+        index = cached_file(source, SAFE_WEIGHTS_INDEX_NAME, **opts)
+        if index:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            folder = os.path.dirname(index)
+            files = sorted({os.path.join(folder, v) for k, v in weight_map.items() if ".residual_mode." in f".{k}"})
+        else:
+            single = cached_file(source, SAFE_WEIGHTS_NAME, **opts)
+            files = [single] if single else []
+    except Exception:  # noqa: BLE001 - no safetensors checkpoint to read: the modes keep their initial values
+        return 0
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    found = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                if ".residual_mode." not in f".{key}":
+                    continue
+                # a checkpoint of another head class: the base model's keys with or without its prefix
+                for name in (key, key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else None,
+                             f"{prefix}.{key}" if prefix else None):
+                    if name in wanted:
+                        found[name] = f.get_tensor(key)
+                        break
+    if found:
+        model.load_state_dict(found, strict=False)
+    return len(found)
+
+
+def _finish(model, penal, fields, given, source=None, kwargs=None):
     from .. import surgery  # noqa: PLC0415
     from ..config import resolve_config  # noqa: PLC0415
 
@@ -22,6 +69,14 @@ def _finish(model, penal, fields, given):
         surgery._record_config(model, None)
         return model
     saved = getattr(getattr(model, "config", None), "penal", None)
+    if saved is not None and not isinstance(saved, dict):
+        raise TypeError(f"config.json field 'penal' must be a dict of PenalConfig fields (as written by "
+                        f"save_pretrained), got {type(saved).__name__} {saved!r}")
+    if isinstance(saved, dict) and penal in (None, True):
+        try:
+            resolve_config(dict(saved))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"config.json 'penal' settings are invalid: {e}") from None
     if not given and not isinstance(saved, dict):
         return model
     base = saved if isinstance(saved, dict) and penal in (None, True) else penal
@@ -29,6 +84,8 @@ def _finish(model, penal, fields, given):
         base = dict(saved)
     cfg = resolve_config(base, **fields)
     surgery.apply(model, cfg)
+    if cfg.mode != "identity":
+        _load_mode_weights(model, source, kwargs or {})
     surgery.warn_if_pretrained(model, cfg, pretrained=True)
     return model
 
@@ -48,7 +105,8 @@ def _wrap(func):
             model = func(cls, *args, **kwargs)
         if not top:
             return model
-        return _finish(model, penal, fields, given)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        return _finish(model, penal, fields, given, source if func.__name__ == "from_pretrained" else None, kwargs)
 
     wrapper._hf_penal = True
     return wrapper
