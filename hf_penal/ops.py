@@ -17,8 +17,6 @@ backward does no extra work.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -63,7 +61,7 @@ class _PenalProbeFunction(torch.autograd.Function):
         return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None, None
 
 
-def penal(z: torch.Tensor, tau, *, storage_dtype: Optional[torch.dtype] = None, copy: bool = False) -> torch.Tensor:
+def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, copy: bool = False) -> torch.Tensor:
     """Functional penal connection: returns z unchanged; in backward the gradient reaching z gets ``+ tau * z``.
 
     tau: float or 0-dim tensor (use a tensor under torch.compile). Does nothing when grad is disabled.
@@ -84,7 +82,7 @@ class PenalConnection(nn.Module):
         copy: keep a private copy of z (needed where the model later modifies z in place).
     """
 
-    def __init__(self, tau: float = 3e-4, storage_dtype: Optional[torch.dtype] = None, copy: bool = False):
+    def __init__(self, tau: float = 3e-4, storage_dtype: torch.dtype | None = None, copy: bool = False):
         super().__init__()
         # non-persistent: checkpoints stay free of new keys and load into plain models
         self.register_buffer("tau", torch.tensor(float(tau), dtype=torch.float32), persistent=False)
@@ -118,7 +116,7 @@ class PenalConnection(nn.Module):
         return s
 
     # ε / ‖z‖ statistics --------------------------------------------------------------------------------------
-    def read_stats(self, reset: bool = True) -> Optional[tuple]:
+    def read_stats(self, reset: bool = True) -> tuple | None:
         """(mean ε, mean ‖z‖) over the samples seen since the last reset, or None if none."""
         s = self.stats.tolist()
         if reset:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,9 +43,9 @@ class ResidualSite:
     layer: str = ""
     depth: int = 0
     n_layers: int = 1
-    output_index: Optional[int] = None
+    output_index: int | None = None
     inplace: bool = False
-    skip: Optional[str] = None
+    skip: str | None = None
     source: str = "table"
 
 
@@ -53,7 +54,7 @@ class NoResidualSiteError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------------ table
-def _resolve_path(block: nn.Module, path: str) -> Optional[str]:
+def _resolve_path(block: nn.Module, path: str) -> str | None:
     for alt in path.split("|"):
         mod = block
         for part in alt.split("."):
@@ -89,7 +90,7 @@ def _numbered(name: str) -> bool:
     return any(p.isdigit() for p in name.split("."))
 
 
-def _kind_from_text(text: str) -> Optional[str]:
+def _kind_from_text(text: str) -> str | None:
     low = text.lower()
     if re.search(r"cross|encdec|enc_dec", low):
         return "cross_attention"
@@ -100,7 +101,7 @@ def _kind_from_text(text: str) -> Optional[str]:
     return None
 
 
-def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: Optional[nn.Module] = None) -> str:
+def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None) -> str:
     """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name."""
     rel = name[len(owner) + 1:] if owner and name.startswith(owner + ".") else name
     for text in (rel, type(owner_module).__name__ if owner_module is not None else "", owner):
@@ -150,10 +151,9 @@ class _AddWatcher(TorchFunctionMode):
                 continue
             if isinstance(self.modules[mname], _NOT_BRANCH):
                 continue
-            self.found.setdefault(mname, dict(name=mname, block=owner, kind=_guess_kind(mname, self.modules[mname], owner,
-                                                                              self.modules.get(owner)),
-                                              output_index=index, inplace=inplace and z_is_target, skip=None,
-                                              source="probe"))
+            kind = _guess_kind(mname, self.modules[mname], owner, self.modules.get(owner))
+            self.found.setdefault(mname, dict(name=mname, block=owner, kind=kind, output_index=index,
+                                              inplace=inplace and z_is_target, skip=None, source="probe"))
             return
 
     def pre_hook(self, name):

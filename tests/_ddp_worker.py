@@ -1,6 +1,6 @@
 """Run by test_robustness under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): each rank trains a
-penalized tiny BERT on its half of a global batch through DDP (accelerate) or FSDP2 (`fully_shard`) and saves its gradients and the single-process oracle's
-(vanilla model, full batch, explicit penalty) for the test to compare."""
+penalized tiny BERT on its half of a global batch through DDP (accelerate) or FSDP2 (`fully_shard`) and saves its
+gradients and the single-process oracle's (vanilla model, full batch, explicit penalty) for the test to compare."""
 import copy
 import json
 import os
@@ -10,9 +10,10 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, os.path.dirname(__file__))
-import hf_penal  # noqa: E402
 from _models import build  # noqa: E402
 from _oracle import grads  # noqa: E402
+
+import hf_penal  # noqa: E402
 
 TAU = 1e-2
 

@@ -35,7 +35,8 @@ def build(arch: str):
         cfg = C(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64, num_labels=3,
                 initializer_range=0.12, **common)
-        inputs = dict(input_ids=torch.randint(3, 100, (B, S), generator=g), labels=torch.randint(0, 3, (B,), generator=g))
+        inputs = dict(input_ids=torch.randint(3, 100, (B, S), generator=g),
+                      labels=torch.randint(0, 3, (B,), generator=g))
         return cfg, T.AutoModelForSequenceClassification, inputs
     if arch in ("gpt2", "gpt2_cross"):
         cfg = T.GPT2Config(n_embd=32, n_layer=L, n_head=2, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -58,10 +59,11 @@ def build(arch: str):
                       labels=torch.randint(3, 100, (B, 6), generator=g))
         return cfg, T.AutoModelForSeq2SeqLM, inputs
     if arch == "vit":
-        cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64, image_size=16,
-                          patch_size=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                          image_size=16, patch_size=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                           initializer_range=0.15, num_labels=3)
-        inputs = dict(pixel_values=torch.randn(B, 3, 16, 16, generator=g), labels=torch.randint(0, 3, (B,), generator=g))
+        inputs = dict(pixel_values=torch.randn(B, 3, 16, 16, generator=g),
+                      labels=torch.randint(0, 3, (B,), generator=g))
         return cfg, T.AutoModelForImageClassification, inputs
     raise KeyError(arch)
 

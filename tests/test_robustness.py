@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import hf_penal
 from _models import SPEC, hf_loss, saved
 from _oracle import grads, rel_err
+
+import hf_penal
 
 TAU = 1e-2
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
 """apply / remove / sites / set_tau on any nn.Module: selection, generic probe, idempotence, exact undo."""
 import pytest
 import torch
+from _models import SPEC, hf_loss, saved
+from _oracle import grads, rel_err
 from torch import nn
 
 import hf_penal
-from _models import SPEC, hf_loss, saved
-from _oracle import grads, rel_err
 from hf_penal.sites import probe_sites
 
 TAU = 1e-2

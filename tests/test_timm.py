@@ -5,8 +5,9 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-import hf_penal  # noqa: E402
 from _oracle import grads, rel_err  # noqa: E402
+
+import hf_penal  # noqa: E402
 
 TAU = 1e-2
 # name -> (create kwargs, image size, oracle z modules, expected kinds)

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 import torch
 import transformers as T
-
-import hf_penal
 from _models import SPEC, hf_loss, saved
 from _oracle import grads, rel_err
+
+import hf_penal
 
 TAU = 1e-2
 ARCHS = list(SPEC)

@@ -5,7 +5,8 @@ without them it behaves exactly as before. Weights load as usual (hub, ``pretrai
 ``checkpoint_path=...``) and the surgery is applied afterwards. The settings are recorded in
 ``model.pretrained_cfg["penal"]``; the state_dict is the plain model's, so a penalized timm model is saved with
 ``safetensors.torch.save_file(model.state_dict(), path)`` and re-created with
-``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), penal=model.pretrained_cfg["penal"])``.
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path),
+penal=model.pretrained_cfg["penal"])``.
 """
 from __future__ import annotations
 
