@@ -92,7 +92,9 @@ def test_channel_layernorm_on_feature_maps():
 
 
 def test_mappings_are_well_conditioned():
-    g = lambda: torch.Generator().manual_seed(3)
+    def g():
+        return torch.Generator().manual_seed(3)
+
     q = modes.orthogonal_mapping(16, g())
     assert close(q @ q.T, torch.eye(16), atol=1e-5)
     assert torch.equal(q, modes.orthogonal_mapping(16, g()))  # reproducible from the seed
@@ -151,12 +153,11 @@ def _vit():
 
 
 def _timm(name, **kw):
-    def make(kw=None):
-        if kw is None:
-            kw = dict(kw)
+    if name.startswith("resnet"):
+        kw.setdefault("zero_init_last", False)  # else z = 0 at init and the penalty is invisible
+
+    def make():
         torch.manual_seed(0)
-        if name.startswith("resnet"):
-            kw.setdefault("zero_init_last", False)  # else z = 0 at init and the penalty is invisible
         return timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
     return make
 
