@@ -143,15 +143,16 @@ def test_causal_lm_from_jsonl_resumes_from_its_checkpoint(tmp_path):
     assert hf_penal.penal_config(AutoModelForCausalLM.from_pretrained(out)).tau == 1e-3
 
 
-def test_main_job_prints_baseline_and_penal_side_by_side(tmp_path):
+def test_main_job_prints_the_plain_and_penal_arms_side_by_side(tmp_path):
     minilm()
     log = run([RECIPES / "main_job.py", "--output_dir", tmp_path, "--model_config", "tiny", "--max_train_samples",
                "16", "--max_eval_samples", "16", "--max_steps", "2", "--max_seq_length", "16", "--disable_tqdm",
                "true"])
-    assert "baseline vs penal" in log and "mean efficiency" in log
-    both = json.loads((tmp_path / "comparison.json").read_text())
-    assert both["baseline"]["penal"] is False and both["penal"]["penal_config"]["tau"] == 3e-4
-    assert both["baseline"]["global_step"] == both["penal"]["global_step"] == 2
+    assert "plain vs penal" in log and "mean efficiency" in log
+    arms = json.loads((tmp_path / "comparison.json").read_text())
+    assert list(arms) == ["baseline", "tau=3e-4", "tau=1e-8"] and arms["baseline"]["penal"] is False
+    assert arms["tau=3e-4"]["penal_config"]["tau"] == 3e-4 and arms["tau=1e-8"]["penal_config"]["tau"] == 1e-8
+    assert {arm["global_step"] for arm in arms.values()} == {2}
 
 
 # ------------------------------------------------------------------------------------------------ two processes
