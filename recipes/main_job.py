@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     print("\nall-MiniLM-L6-v2 on BBC News: plain vs penal connections (same seed, data and steps)")
     print(f"{'':<20}" + "".join(f"{name:>14}" for name, _ in arms))
     for key, label in ROWS:
-        print(f"{label:<20}" + "".join(f"{_cell(results[name].get(key)):>14}" for name, _ in arms))
+        print(f"{label:<20}" + "".join(f"{_cell(key, results[name].get(key)):>14}" for name, _ in arms))
     first = results[arms[0][0]]
     print(f"penal connections on every residual branch; train {first['train_samples']} / eval "
           f"{first['eval_samples']} articles; ε = cos(z, -dL/dx) averaged over layers and logging steps")
@@ -66,12 +66,12 @@ def main(argv=None) -> dict:
     return results
 
 
-def _cell(value) -> str:
+def _cell(key: str, value) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
+    if key == "wall_seconds":
+        return f"{value:.0f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":
