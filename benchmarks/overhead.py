@@ -293,14 +293,16 @@ def compiled_ratios(model, inp, args, device) -> dict:
     return ratios(times)
 
 
-def render(results, surgery_llama, args, device, elapsed) -> str:
+def render(results, surgery_llama, args, device, elapsed, command=None) -> str:
     dev = "GPU" if device.type == "cuda" else "CPU"
     step_target = 1.01 if device.type == "cuda" else 1.02
     mark = {True: "met", False: "**missed**"}
     title = f"## Overhead ({dev}{', torch.compile' if args.compile else ''}, preset {args.preset})"
     lines = [title, "",
              f"Machine: {C.machine(device.type)}.  ",
-             f"Command: `{C.command_line()}` ({elapsed / 60:.1f} min; {args.repeats} timed rounds after "
+             f"Command: `{command or C.command_line()}` ("
+             + (f"{elapsed / 60:.1f} min; " if elapsed else "")
+             + f"{args.repeats} timed rounds after "
              f"{args.warmup} warm-up round(s), τ = {TAU:g}).", "",
              "Ratios are the median over rounds of (arm time ÷ plain time in the same round); noise = median "
              "absolute deviation of plain's own times ÷ their median. Memory: peak bytes in use during one training "
@@ -372,11 +374,12 @@ def _why(results, missed, step_target) -> list:
                      "shared machine, which the median absolute deviation of a few plain timings underestimates. A "
                      "miss here is noise, not cost.")
     if any("bf16 memory" in m for m in missed) and any(r["inplace"] for r in results):
-        notes.append("bf16 memory on timm ResNet: at in-place sites (`x += shortcut`) the op returns a private fp32 "
-                     "copy of z for the model to overwrite, even when it keeps z for backward as a separate bf16 "
-                     "tensor; at the end of the forward pass (the step's peak) that copy and the original fp32 z of "
-                     "the last site coexist for a moment, so the peak carries one extra fp32 activation of the last "
-                     "block. The copy is only needed when the saved tensor aliases z (hf_penal/ops.py).")
+        notes.append("bf16 memory on timm ResNet: at in-place sites (`x += shortcut`) the model overwrites z, so the "
+                     "op must hand it a fresh fp32 tensor (autograd forbids modifying in place a custom Function's "
+                     "view of its input); while the branch module's output is still referenced, the original fp32 z, "
+                     "that copy and the bf16 copy coexist. The excess over 0.5× equals one fp32 activation of the "
+                     "last block (resnet50, batch 8: 8×2048×7×7×4 B = 3.1 MB), i.e. a one-block transient at the "
+                     "step's peak, not a per-site cost.")
     if any("step ratio" in m for m in missed):
         notes.append(f"Step ratio above {step_target}: the op adds one autograd node and one `addcmul` per site; on "
                      "small models the Python cost of the hook and the Function per site is a larger share of the "
@@ -399,12 +402,24 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="BENCHMARKS.md", help="markdown file whose overhead section is rewritten")
     ap.add_argument("--section", help="name of that section (default: overhead-DEVICE)")
     ap.add_argument("--json", help="also write the raw measurements to this JSON file")
+    ap.add_argument("--from-json", help="measure nothing: re-render the tables from a --json file of an earlier run "
+                    "(pass that run's --preset/--repeats/--warmup/--device)")
     args = ap.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 20 if args.device.startswith("cuda") else 5
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.from_json:
+        import json
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        device = torch.device(args.device)
+        text = render(saved["results"], saved["llama_surgery"], args, device, saved.get("elapsed_s"),
+                      command=f"{saved['command']}`; tables re-rendered from its JSON by `{C.command_line()}")
+        C.write_section(args.out, args.section or f"overhead-{device.type}", text)
+        print(text)
+        return
     device = torch.device(args.device)
-    if args.repeats is None:
-        args.repeats = 20 if device.type == "cuda" else 5
     start = time.perf_counter()
     torch.manual_seed(0)
     results = []
@@ -416,12 +431,14 @@ def main(argv=None) -> None:
     llama = llama_meta(args.llama_layers, args.llama_hidden)
     first, later = surgery_times(llama)
     desc = f"Llama {args.llama_layers} layers × {args.llama_hidden} (meta device)"
-    text = render(results, (first, later, desc), args, device, time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    text = render(results, (first, later, desc), args, device, elapsed)
     C.write_section(args.out, args.section or f"overhead-{device.type}", text)
     if args.json:
         import json
         with open(args.json, "w") as f:
-            json.dump(dict(results=results, llama_surgery=[first, later, desc], command=C.command_line()), f, indent=1)
+            json.dump(dict(results=results, llama_surgery=[first, later, desc], command=C.command_line(),
+                           elapsed_s=elapsed), f, indent=1)
     print(text)
     if any(math.isnan(v[0]) for r in results for v in r["step"].values()):
         sys.exit(1)

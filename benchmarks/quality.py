@@ -15,9 +15,14 @@ implement them yet). For every run it records the held-out metric and the Markov
 (mean over sites of the per-sample cos(z, −∂L/∂x) on a held-out batch; plain and mode-only models get τ = 0
 connections for that measurement, which leaves their gradients unchanged).
 
-    python benchmarks/quality.py --preset small      # ≈ 25–40 min on 2 CPU cores
-    python benchmarks/quality.py --preset full       # deeper/wider nets, more data passes, 5 seeds, 2 learning rates
+    python benchmarks/quality.py --preset small      # ≈ 25–40 min on 2 CPU cores (one thread per run)
+    python benchmarks/quality.py --preset full       # ResNet-56 / 8-layer BERT / 6+6 T5, longer training, 5 seeds,
+                                                     # 2 learning rates per task: on the order of a day on 2 cores
     python benchmarks/quality.py --preset tiny       # seconds; the smoke test
+
+Runs can be split and merged: ``--arms mode --json b.json`` runs only the matching arms, ``--resume a.json b.json``
+keeps the runs recorded there and runs only what is missing (nothing, if they cover the preset), then writes the
+table.
 
 The table goes into BENCHMARKS.md between ``<!-- quality:begin -->`` and ``<!-- quality:end -->``.
 """
