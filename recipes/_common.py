@@ -174,6 +174,20 @@ def load_metric(name: str):
     return evaluate.load(str(METRICS_DIR / name))
 
 
+def classification_metrics() -> Callable:
+    """`compute_metrics` for classification recipes: accuracy and macro-F1 from the local metric modules."""
+    import numpy as np
+
+    accuracy, f1 = load_metric("accuracy"), load_metric("f1")
+
+    def compute_metrics(pred):
+        predictions = np.argmax(pred.predictions, axis=-1)
+        return {**accuracy.compute(predictions=predictions, references=pred.label_ids),
+                "macro_f1": f1.compute(predictions=predictions, references=pred.label_ids, average="macro")["f1"]}
+
+    return compute_metrics
+
+
 # ----------------------------------------------------------------------------------------------------------- report
 def train_and_report(trainer, training_args, task: str, extra: dict | None = None,
                      tokenizer=None, derived: Callable[[dict], dict] | None = None) -> dict:

@@ -102,12 +102,7 @@ def main(argv=None) -> dict:
         return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
                 "labels": torch.tensor([e["labels"] for e in examples])}
 
-    accuracy, f1 = _common.load_metric("accuracy"), _common.load_metric("f1")
-
-    def compute_metrics(pred):
-        predictions = np.argmax(pred.predictions, axis=-1)
-        return {**accuracy.compute(predictions=predictions, references=pred.label_ids),
-                "macro_f1": f1.compute(predictions=predictions, references=pred.label_ids, average="macro")["f1"]}
+    compute_metrics = _common.classification_metrics()
 
     trainer = PenalTrainer(model=model, args=training_args, train_dataset=data["train"],
                            eval_dataset=data["validation"], data_collator=collate, compute_metrics=compute_metrics)

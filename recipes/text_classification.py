@@ -17,7 +17,6 @@ from pathlib import Path
 
 import _common
 import datasets
-import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DataCollatorWithPadding
 
 from hf_penal import PenalTrainer
@@ -93,12 +92,7 @@ def main(argv=None) -> dict:
     with training_args.main_process_first(desc="tokenize"):
         data = raw.map(preprocess, batched=True, remove_columns=raw["train"].column_names)
 
-    accuracy, f1 = _common.load_metric("accuracy"), _common.load_metric("f1")
-
-    def compute_metrics(pred):
-        predictions = np.argmax(pred.predictions, axis=-1)
-        return {**accuracy.compute(predictions=predictions, references=pred.label_ids),
-                "macro_f1": f1.compute(predictions=predictions, references=pred.label_ids, average="macro")["f1"]}
+    compute_metrics = _common.classification_metrics()
 
     trainer = PenalTrainer(model=model, args=training_args, train_dataset=data["train"],
                            eval_dataset=data["validation"], processing_class=tokenizer,
