@@ -76,7 +76,7 @@ PRESETS = {
                     bbc=dict(layers=4, hidden=64, seq=64, steps=200, batch=16, lrs=(1e-3, 3e-3)),
                     seq2seq=dict(layers=2, d_model=64, steps=400, batch=64, lrs=(3e-3, 9e-3), n_train=8000,
                                  n_test=1000),
-                    finetune=dict(seq=64, steps=30, batch=16, lrs=(2e-4, 6e-4), n_train=480, n_test=445)),
+                    finetune=dict(seq=64, steps=30, batch=8, lrs=(2e-4, 6e-4), n_train=240, n_test=445)),
     "full": Preset(seeds=5,
                    mnist=dict(n=9, width=16, steps=1500, batch=64, lrs=(0.1, 0.3), n_train=4000, n_test=1000),
                    bbc=dict(layers=8, hidden=128, seq=256, steps=1000, batch=32, lrs=(1e-3, 3e-3)),

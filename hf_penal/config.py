@@ -212,5 +212,7 @@ def resolve_config(config: Union["PenalConfig", dict, bool, None] = None, **fiel
         base = dict(config)
     else:
         raise TypeError(f"penal must be True, a dict or a PenalConfig; got {type(config).__name__}")
+    if {"tau", "tau_ratio"} & set(fields) and "tau_calibrated" not in fields:
+        base.pop("tau_calibrated", None)  # a new strength: the old calibration no longer applies
     base.update({k: v for k, v in fields.items()})
     return PenalConfig.from_dict(base)

@@ -188,7 +188,7 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
     """
     st = _state(model)
     if config is None and st is not None:
-        config = st.config
+        config = penal_config(model)  # with the calibration so far
     cfg = resolve_config(config, **fields)
     if cfg.auto and cfg.tau_ratio is None:
         cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if loaded_with_weights(model) else "scratch"])
