@@ -21,19 +21,68 @@ import torch
 from torch import nn
 
 
+def _is_fp8(dtype: torch.dtype | None) -> bool:
+    return dtype is not None and dtype.is_floating_point and dtype.itemsize == 1
+
+
+def _pack_z(z: torch.Tensor, storage: torch.dtype | None) -> tuple:
+    """The tensors to save for backward that let `_unpack_z` give z back: z itself (storage None or z's dtype), a
+    cast copy (16/32-bit storage), or 8-bit codes plus a per-tensor fp32 scale (fp8 storage).
+
+    The fp8 scale is the power of two that maps max|z| into the format's range, so small activations keep their
+    relative precision instead of flushing to zero, and scaling itself is exact."""
+    if storage is None or storage == z.dtype:
+        return (z,)
+    z = z.detach()
+    if not _is_fp8(storage):
+        return (z.to(storage),)
+    amax = torch.linalg.vector_norm(z, ord=float("inf"), dtype=torch.float32)
+    ratio = (amax / torch.finfo(storage).max).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = torch.exp2(torch.ceil(torch.log2(ratio)))
+    # divide in fp32: a power-of-two scale is exact there, but may not exist in fp16
+    return ((z.float() / scale).to(storage), scale)
+
+
+def _unpack_z(saved: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """z, as saved by `_pack_z`, in `dtype` (the gradient's)."""
+    if len(saved) == 1:
+        return saved[0].to(dtype)
+    codes, scale = saved
+    return codes.to(dtype) * scale.to(dtype)
+
+
+def _efficiency_terms(z: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (cos(z, −grad), ‖z‖) in float32, bounded and accurate for activations of any magnitude.
+
+    Each sample's z and grad are first divided by their own max |·|: every element is then ≤ 1, so no square or
+    product can overflow or underflow whatever the scale (a plain fp32 dot product overflows once |z|·|g| summed over
+    a sample exceeds 3e38, and the old clamp of ‖z‖·‖g‖ at 1e-30 inflated cosines of tiny gradients). The cosine is
+    clamped to [−1, 1] against the last rounding; a zero z or grad gives 0. Reductions are batched matmuls and
+    vector norms, so the transient memory is two fp32 copies of z, not fp64 ones."""
+    n = z.shape[0] if z.dim() > 1 else 1
+    tiny = torch.finfo(torch.float32).tiny
+    zf, gf = z.detach().reshape(n, -1).float(), grad.detach().reshape(n, -1).float()
+    zs = torch.linalg.vector_norm(zf, ord=float("inf"), dim=1, keepdim=True)
+    gs = torch.linalg.vector_norm(gf, ord=float("inf"), dim=1, keepdim=True)
+    zu, gu = zf / zs.clamp_min(tiny), gf / gs.clamp_min(tiny)
+    zn, gn = torch.linalg.vector_norm(zu, dim=1), torch.linalg.vector_norm(gu, dim=1)
+    dot = torch.bmm(zu.unsqueeze(1), gu.unsqueeze(2)).reshape(n)
+    cos = -dot / (zn * gn).clamp_min(tiny)
+    return cos.clamp(-1.0, 1.0), zn * zs.reshape(n)
+
+
 class _PenalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, coef, storage_dtype, copy):
-        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
-        ctx.save_for_backward(saved, coef)
+        ctx.save_for_backward(*_pack_z(z, storage_dtype), coef)
         # where the model later writes into z (timm ResNet `x += shortcut`, then ReLU(inplace)) hand it a copy and
         # keep the original; elsewhere a view costs nothing
         return z.clone() if copy else z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):
-        saved, coef = ctx.saved_tensors
-        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None
+        *saved, coef = ctx.saved_tensors
+        return torch.addcmul(grad, _unpack_z(saved, grad.dtype), coef.to(grad.dtype)), None, None, None
 
 
 class _PenalProbeFunction(torch.autograd.Function):
@@ -42,23 +91,20 @@ class _PenalProbeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, coef, storage_dtype, copy, stats):
-        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
-        ctx.save_for_backward(saved, coef)
+        ctx.save_for_backward(*_pack_z(z, storage_dtype), coef)
         ctx.stats = stats
         return z.clone() if copy else z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):
-        saved, coef = ctx.saved_tensors
+        *saved, coef = ctx.saved_tensors
+        z = _unpack_z(saved, grad.dtype)
         with torch.no_grad():
-            zf = saved.detach().float().reshape(saved.shape[0], -1) if saved.dim() > 1 else saved.float()[None]
-            gf = grad.detach().float().reshape(zf.shape)
-            zn, gn = zf.norm(dim=1), gf.norm(dim=1)
-            cos = -(zf * gf).sum(dim=1) / (zn * gn).clamp_min(1e-30)
+            cos, zn = _efficiency_terms(z if grad.dtype.itemsize >= 4 else _unpack_z(saved, torch.float32), grad)
             ctx.stats[0] += cos.sum()
             ctx.stats[1] += zn.sum()
-            ctx.stats[2] += zf.shape[0]
-        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None, None
+            ctx.stats[2] += cos.shape[0]
+        return torch.addcmul(grad, z, coef.to(grad.dtype)), None, None, None, None
 
 
 def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, copy: bool = False) -> torch.Tensor:
