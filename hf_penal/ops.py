@@ -137,6 +137,7 @@ class PenalConnection(nn.Module):
         self.storage_dtype = storage_dtype
         self.copy = copy
         self.measure_efficiency = False
+        self._sum = None  # set by hf_penal.recompute where z is recomputed from x + z instead of saved
 
     def _apply(self, fn, recurse=True):
         # .half()/.to(bfloat16) must not turn the coefficients into fp16 (a loss scale of 65536 overflows it)
@@ -151,6 +152,8 @@ class PenalConnection(nn.Module):
         if not (self.training and torch.is_grad_enabled() and z.requires_grad):
             return z
         coef = self.tau * self.gain
+        if self._sum is not None and not self.measure_efficiency and self._sum.active():
+            return self._sum.branch(z, coef)
         if self.measure_efficiency:
             return _PenalProbeFunction.apply(z, coef, self.storage_dtype, self.copy, self.stats)
         return _PenalFunction.apply(z, coef, self.storage_dtype, self.copy)
@@ -159,6 +162,8 @@ class PenalConnection(nn.Module):
         s = f"tau={self.tau.item():g}"
         if self.storage_dtype is not None:
             s += f", storage_dtype={self.storage_dtype}"
+        if self._sum is not None:
+            s += ", storage=recompute"
         return s
 
     # ε / ‖z‖ statistics --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import SITE_KEYWORDS, PenalConfig, resolve_config
+from . import recompute
 from .ops import PenalConnection
 from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
 
@@ -217,6 +218,8 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
             if device is not None and device.type != "meta":
                 conn.to(device)
             host.add_module(CONNECTION + suffix, conn)
+            if cfg.storage_dtype == "recompute":
+                recompute.attach(modules, site, conn, cfg.mode)
         if modes is not None and site.name in modes:
             host.add_module(MODE + suffix, modes[site.name])
         mod.register_forward_hook(_SiteHook(site.output_index, None if host is mod else host, suffix))
@@ -241,6 +244,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
                 del host._modules[child]
     from .modes import detach_skip_capture  # noqa: PLC0415
     detach_skip_capture(model)
+    recompute.detach(model)
 
 
 def _record_config(model: nn.Module, cfg: Optional[PenalConfig]) -> None:
