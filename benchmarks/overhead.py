@@ -7,6 +7,8 @@ A B C D E, A B C D E, ...; the arm is switched by surgery between measurements, 
 * ``penal``: ``hf_penal.apply(model, tau=3e-4)``;
 * ``penal bf16``: the same with ``storage_dtype="bfloat16"`` (z kept in bf16 for backward);
 * ``penal fp8``: the same with ``storage_dtype="float8_e4m3fn"`` (8-bit z with a per-tensor scale);
+* ``penal recompute``: the same with ``storage_dtype="recompute"`` (z = (x + z) − x in backward where the block keeps
+  both; stored elsewhere, e.g. timm ResNet's in-place adds and timm blocks, which are not in the recompute table);
 * ``one-line``: the paper's formulation written from its description: a forward hook on every branch-end module
   (the same sites, from ``hf_penal.sites(model)``) that clones z and registers ``z.register_hook(lambda g: g + tau *
   z_clone)``;
@@ -51,10 +53,10 @@ from hf_penal.surgery import connections  # noqa: E402
 
 TAU = 3e-4
 MEM_TOL = 0.01
-ARMS = ("plain", "penal", "penal bf16", "penal fp8", "one-line", "penal + ε")
+ARMS = ("plain", "penal", "penal bf16", "penal fp8", "penal recompute", "one-line", "penal + ε")
 COMPILE_ARMS = ("plain", "penal", "penal bf16", "penal fp8", "one-line")
 #: storage dtypes whose gradient error against fp32 storage is measured
-STORAGES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+STORAGES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "recompute")
 FP8_TARGET = 0.26  # fp8 storage: extra memory ≤ this × the one-line formulation's
 
 # name -> (builder kind, sizes); "full" are the shapes, "small" fits a quick CPU run, "tiny" the smoke test
@@ -150,6 +152,8 @@ class ArmSwitch:
             hf_penal.apply(self.model, tau=TAU, storage_dtype="bfloat16")
         elif arm == "penal fp8":
             hf_penal.apply(self.model, tau=TAU, storage_dtype="float8_e4m3fn")
+        elif arm == "penal recompute":
+            hf_penal.apply(self.model, tau=TAU, storage_dtype="recompute")
         elif arm == "one-line":
             modules = dict(self.model.named_modules())
             for site in self.sites:

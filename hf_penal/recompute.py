@@ -45,6 +45,7 @@ SUMS: dict[str, dict[str, str]] = {
     "T5LayerSelfAttention": {"attention": "output@"},
     "T5LayerCrossAttention": {"cross_attention": "output@"},
     "T5LayerFF": {"mlp": "output@"},
+    "Block": {"attention": "input@norm2", "mlp": "output@"},  # timm ViT-style blocks
 }
 
 
@@ -122,7 +123,9 @@ class _SumSite:
     """Per-site state between the hooks of one forward pass. Picklable (no closures)."""
 
     def __init__(self, switches: list):
-        self.switches = switches  # modules whose `gradient_checkpointing` turns recompute off
+        # modules whose `gradient_checkpointing` (transformers layers) or `grad_checkpointing` (timm models) turns
+        # recompute off
+        self.switches = switches
         self.x = None
         self.pending = None
         self.recomputed = 0  # forward passes that took each path (for tests and diagnostics)
@@ -131,7 +134,8 @@ class _SumSite:
     def active(self) -> bool:
         if torch.compiler.is_compiling():
             return False
-        return not any(getattr(m, "gradient_checkpointing", False) for m in self.switches)
+        return not any(getattr(m, "gradient_checkpointing", False) or getattr(m, "grad_checkpointing", False)
+                       for m in self.switches)
 
     def branch(self, z: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         pending = _Pending(z)
@@ -260,8 +264,8 @@ def attach(modules: dict, site, conn, mode: str) -> str:
     x_how, x_path, y_how, y_path = where
     block = modules[site.block]
     parts = site.block.split(".")
-    switches = [m for m in (modules.get(".".join(parts[:i])) for i in range(1, len(parts) + 1))
-                if m is not None and hasattr(m, "gradient_checkpointing")]
+    switches = [m for m in (modules.get(".".join(parts[:i])) for i in range(len(parts) + 1))
+                if m is not None and (hasattr(m, "gradient_checkpointing") or hasattr(m, "grad_checkpointing"))]
     state = _SumSite(switches)
     _module_at(block, x_path).register_forward_pre_hook(_XCapture(state, x_how), with_kwargs=True, prepend=True)
     if y_how == "output":

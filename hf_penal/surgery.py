@@ -19,8 +19,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .config import SITE_KEYWORDS, PenalConfig, resolve_config
 from . import recompute
+from .config import SITE_KEYWORDS, PenalConfig, resolve_config
 from .ops import PenalConnection
 from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
 

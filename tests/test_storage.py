@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _models import SPEC, build, hf_loss, saved
 from _oracle import grads, rel_err
 
@@ -130,3 +131,140 @@ def test_fp8_storage_under_torch_compile_equals_eager():
     got = grads(compiled, hf_loss(inputs))[0]
     got = {k.removeprefix("_orig_mod."): v for k, v in got.items()}
     assert rel_err(got, eager) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- recompute
+def _counts(model):
+    states = [c._sum for _, c in hf_penal.surgery.connections(model) if c._sum is not None]
+    return len(states), sum(s.recomputed for s in states), sum(s.stored for s in states)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "gpt2_cross", "llama", "vit", "t5"])
+def test_recompute_equals_stored_z_to_fp32_rounding_and_saves_no_activation(arch, tmp_path):
+    tau = 1e-2
+    d, auto, inputs = saved(arch, tmp_path)
+    b_plain, g_plain = _saved_bytes_and_grads(auto.from_pretrained(d), inputs)
+    b_stored, g_stored = _saved_bytes_and_grads(auto.from_pretrained(d, penal_tau=tau), inputs)
+    model = auto.from_pretrained(d, penal={"tau": tau, "storage_dtype": "recompute"})
+    b, g = _saved_bytes_and_grads(model, inputs)
+    n_sites = len(hf_penal.sites(model))
+    assert _counts(model) == (n_sites, n_sites, 0)  # every site recomputed z, none fell back
+    assert rel_err(g_stored, g_plain) > 0.1  # the penalty is a large part of the gradient ...
+    assert rel_err(g, g_stored) < 1e-6  # ... and recompute gives it to fp32 rounding
+    # saved storages (deduplicated): only the 0-dim coefficient per site beyond plain; stored z costs an activation
+    assert b - b_plain <= 4 * n_sites < b_stored - b_plain
+    states = [c._sum for _, c in hf_penal.surgery.connections(model)]
+    assert all(s.x is None and s.pending is None for s in states)  # nothing held between steps
+
+
+def test_recompute_falls_back_to_stored_z_under_gradient_checkpointing(tmp_path):
+    tau = 1e-2
+    d, auto, inputs = saved("bert", tmp_path)
+    oracle = grads(auto.from_pretrained(d), hf_loss(inputs), SPEC["bert"][0], tau)[0]
+    model = auto.from_pretrained(d, penal={"tau": tau, "storage_dtype": "recompute"})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    runs = []
+    h = model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *a: runs.append(1))
+    g = grads(model, hf_loss(inputs))[0]
+    h.remove()
+    assert len(runs) == 2  # checkpointing still recomputes the layer
+    assert _counts(model)[1:] == (0, 0)  # the stored path ran, not recompute
+    assert rel_err(g, oracle) < 1e-5
+    model.gradient_checkpointing_disable()
+    assert rel_err(grads(model, hf_loss(inputs))[0], oracle) < 1e-5 and _counts(model)[1] > 0
+
+
+def test_recompute_falls_back_when_the_add_is_not_x_plus_z(tmp_path):
+    """ViT takes z at the attention/mlp output and applies its shared dropout after: with dropout > 0 the add is
+    x + dropout(z), the graph check sees it, and the stored z is used (same gradient as the stored path)."""
+    cfg, auto, inputs = build("vit")
+    cfg.hidden_dropout_prob = 0.1
+    torch.manual_seed(0)
+    base = auto.from_config(cfg)
+    out = {}
+    for storage in (None, "recompute"):
+        model = hf_penal.apply(auto.from_config(cfg), tau=1e-2, storage_dtype=storage)
+        model.load_state_dict(base.state_dict())
+        torch.manual_seed(1)
+        out[storage] = grads(model, hf_loss(inputs))[0]
+    n = len(hf_penal.sites(model))
+    assert _counts(model) == (n, 0, n)
+    assert rel_err(out["recompute"], out[None]) < 1e-6
+
+
+def test_recompute_plan_names_the_sites_that_store_z(tmp_path):
+    timm = pytest.importorskip("timm")
+    from hf_penal import recompute
+
+    resnet = hf_penal.apply(timm.create_model("resnet18", pretrained=False, num_classes=3), tau=1e-2,
+                            storage_dtype="recompute")
+    assert set(recompute.plan(resnet, hf_penal.sites(resnet)).values()) == {"stored (in-place add)"}
+    assert _counts(resnet) == (0, 0, 0) and "storage=recompute" not in repr(resnet)
+    vit = hf_penal.apply(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32,
+                                           depth=2), tau=1e-2, storage_dtype="recompute")
+    assert set(recompute.plan(vit, hf_penal.sites(vit)).values()) == {"recompute"}
+    assert "PenalConnection(tau=0.01, storage=recompute)" in repr(vit)
+    vit.set_grad_checkpointing(True)  # timm's switch: the stored path
+    F.cross_entropy(vit(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    assert _counts(vit)[1:] == (0, 0)
+    vit.set_grad_checkpointing(False)
+    F.cross_entropy(vit(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    assert _counts(vit)[1:] == (4, 0)
+
+    d, auto, inputs = saved("bert", tmp_path)
+    named = auto.from_pretrained(d, penal={"storage_dtype": "recompute",
+                                           "sites": ["bert.encoder.layer.0.output.dense"]})
+    assert _counts(named) == (0, 0, 0)  # a user-named site: z stored
+    mode = auto.from_pretrained(d, penal={"storage_dtype": "recompute", "mode": "scaled", "tau": 1e-2})
+    assert _counts(mode) == (0, 0, 0)  # a residual mode rewrites the add: z stored
+    hf_penal.remove(mode)
+    assert not any(type(h).__module__ == "hf_penal.recompute" for m in mode.modules()
+                   for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
+
+
+def test_recompute_uses_stored_z_under_compile_and_with_efficiency_probes(tmp_path):
+    from hf_penal.diagnostics import markov_efficiency, track_efficiency
+
+    tau = 1e-2
+    d, auto, inputs = saved("gpt2", tmp_path)
+    stored = grads(auto.from_pretrained(d, penal_tau=tau), hf_loss(inputs))[0]
+    model = auto.from_pretrained(d, penal={"tau": tau, "storage_dtype": "recompute"})
+    track_efficiency(model)
+    assert rel_err(grads(model, hf_loss(inputs))[0], stored) < 1e-6
+    assert _counts(model)[1] == 0 and len(markov_efficiency(model)) == 2
+    track_efficiency(model, enabled=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    got = {k.removeprefix("_orig_mod."): v for k, v in grads(compiled, hf_loss(inputs))[0].items()}
+    assert rel_err(got, stored) < 1e-5
+    assert _counts(model)[1] == 0
+
+
+def test_recompute_holds_nothing_in_eval_or_without_grad(tmp_path):
+    d, auto, inputs = saved("llama", tmp_path)
+    model = auto.from_pretrained(d, penal={"storage_dtype": "recompute"})
+    states = [c._sum for _, c in hf_penal.surgery.connections(model)]
+    model.eval()
+    model(input_ids=inputs["input_ids"])
+    model.train()
+    with torch.no_grad():
+        model(input_ids=inputs["input_ids"])
+    assert all(s.x is None and s.pending is None for s in states) and _counts(model)[1:] == (0, 0)
+
+
+def test_inspect_shows_which_sites_recompute_z(tmp_path):
+    import io
+
+    from hf_penal.cli import inspect
+
+    d, _, _ = saved("gpt2", tmp_path)
+    buf = io.StringIO()
+    assert inspect(d, out=buf) == 0
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split()[-1] == "storage_dtype='recompute'"
+    assert [ln.split()[-1] for ln in lines[1:5]] == ["recompute"] * 4
+    timm = pytest.importorskip("timm")
+    assert timm.is_model("resnet18")
+    buf = io.StringIO()
+    inspect("resnet18", out=buf)
+    assert buf.getvalue().splitlines()[1].endswith("stored (in-place add)")
