@@ -359,8 +359,9 @@ def render(results, surgery_llama, args, device, elapsed, command=None) -> str:
              f"Machine: {C.machine(device.type)}.  ",
              f"Command: `{command or C.command_line()}` ("
              + (f"{elapsed / 60:.1f} min; " if elapsed else "")
-             + f"{args.repeats} timed rounds after "
-             f"{args.warmup} warm-up round(s), τ = {TAU:g}).", "",
+             + ("memory and gradient errors only, no timing" if args.memory_only else
+                f"{args.repeats} timed rounds after {args.warmup} warm-up round(s)")
+             + f", τ = {TAU:g}).", "",
              "Ratios are the median over rounds of (arm time ÷ plain time in the same round); noise = median "
              "absolute deviation of plain's own times ÷ their median. Memory: peak bytes in use during one training "
              "step (forward, backward, AdamW step) minus plain's; \"÷ one-line\" divides by the one-line "
