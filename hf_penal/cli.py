@@ -39,6 +39,7 @@ def _load_for_inspect(target: str):
 
 
 def inspect(target: str, out=sys.stdout) -> int:
+    from .recompute import plan
     from .sites import discover
 
     model, saved = _load_for_inspect(target)
@@ -48,9 +49,11 @@ def inspect(target: str, out=sys.stdout) -> int:
         return 1
     w_name = max(len("name"), *(len(s.name) for s in found))
     w_block = max(len("block"), *(len(s.block) for s in found))
-    print(f"{'name':<{w_name}}  {'block':<{w_block}}  kind", file=out)
+    storage = plan(model, found)  # what storage_dtype="recompute" does at each site
+    w_kind = max(len("kind"), *(len(s.kind) for s in found))
+    print(f"{'name':<{w_name}}  {'block':<{w_block}}  {'kind':<{w_kind}}  z with storage_dtype='recompute'", file=out)
     for s in found:
-        print(f"{s.name:<{w_name}}  {s.block:<{w_block}}  {s.kind}", file=out)
+        print(f"{s.name:<{w_name}}  {s.block:<{w_block}}  {s.kind:<{w_kind}}  {storage[s.name]}", file=out)
     kinds = {}
     for s in found:
         kinds[s.kind] = kinds.get(s.kind, 0) + 1

@@ -36,8 +36,12 @@ MAPPINGS = ("orthogonal", "sparse", "structural")
 
 _STORAGE_DTYPES = {
     None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    # 8 bits per element plus one fp32 scale per tensor (hf_penal.ops._pack_z)
+    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
+    # no copy: z = (x + z) − x in backward from tensors the block keeps anyway (hf_penal.recompute)
+    "recompute": None,
 }
-_DTYPE_NAMES = {v: k for k, v in _STORAGE_DTYPES.items() if k}
+_DTYPE_NAMES = {v: k for k, v in _STORAGE_DTYPES.items() if v is not None}
 
 SitesSpec = Union[str, list, tuple]
 
@@ -67,7 +71,10 @@ class PenalConfig:
         ``"cross_attention"``, ``"mlp"``, ``"conv"``, a regex matched (``re.search``) against site names, or a list
         of site names.
     storage_dtype: dtype in which z is kept for the backward pass (``None``: the activation's own dtype;
-        ``"bfloat16"`` / ``"float16"`` halve the memory the penalty costs).
+        ``"bfloat16"`` / ``"float16"`` halve the memory the penalty costs; ``"float8_e4m3fn"`` / ``"float8_e5m2"``
+        quarter it, with a per-tensor power-of-two scale so small activations do not underflow; ``"recompute"``
+        saves nothing where the block keeps x and x + z anyway and recomputes z = (x + z) − x in backward, storing z
+        in its own dtype elsewhere — see `hf_penal.recompute`).
     mode: residual rewiring (``"identity"``: the model's own add; see README "Residual modes").
     skip_scale: λ of the ``scaled`` and ``layernorm`` modes (y = λ·x + z).
     recursions: K of ``recursive_layernorm`` (≥ 1).

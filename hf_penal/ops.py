@@ -30,20 +30,62 @@ import torch
 from torch import nn
 
 
-def _save(z, storage_dtype):
-    """The tensor kept for backward: z itself, or a detached copy in `storage_dtype`."""
-    return z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
+def _is_fp8(dtype: torch.dtype | None) -> bool:
+    return dtype is not None and dtype.is_floating_point and dtype.itemsize == 1
+
+
+def _pack_z(z: torch.Tensor, storage: torch.dtype | None) -> tuple:
+    """The tensors to save for backward that let `_unpack_z` give z back: z itself (storage None or z's dtype), a
+    cast copy (16/32-bit storage), or 8-bit codes plus a per-tensor fp32 scale (fp8 storage).
+
+    The fp8 scale is the power of two that maps max|z| into the format's range, so small activations keep their
+    relative precision instead of flushing to zero, and scaling itself is exact."""
+    if storage is None or storage == z.dtype:
+        return (z,)
+    z = z.detach()
+    if not _is_fp8(storage):
+        return (z.to(storage),)
+    amax = torch.linalg.vector_norm(z, ord=float("inf"), dtype=torch.float32)
+    ratio = (amax / torch.finfo(storage).max).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = torch.exp2(torch.ceil(torch.log2(ratio)))
+    # divide in fp32: a power-of-two scale is exact there, but may not exist in fp16
+    return ((z.float() / scale).to(storage), scale)
+
+
+def _unpack_z(saved, dtype: torch.dtype) -> torch.Tensor:
+    """z, as saved by `_pack_z`, in `dtype`."""
+    if len(saved) == 1:
+        return saved[0].to(dtype)
+    codes, scale = saved
+    return codes.to(dtype) * scale.to(dtype)
+
+
+def _efficiency_terms(z: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (cos(z, −grad), ‖z‖) in float32, bounded and accurate for activations of any magnitude.
+
+    Each sample's z and grad are first divided by their own max |·|: every element is then ≤ 1, so no square or product
+    can overflow or underflow whatever the scale (a plain fp32 dot product overflows once |z|·|g| summed over
+    a sample exceeds 3e38, and a clamp of ‖z‖·‖g‖ at 1e-30 inflates cosines of tiny gradients). The cosine is
+    clamped to [−1, 1] against the last rounding; a zero z or grad gives 0. Reductions are batched matmuls and
+    vector norms, so the transient memory is two fp32 copies of z, not fp64 ones."""
+    n = z.shape[0] if z.dim() > 1 else 1
+    tiny = torch.finfo(torch.float32).tiny
+    zf, gf = z.detach().reshape(n, -1).float(), grad.detach().reshape(n, -1).float()
+    zs = torch.linalg.vector_norm(zf, ord=float("inf"), dim=1, keepdim=True)
+    gs = torch.linalg.vector_norm(gf, ord=float("inf"), dim=1, keepdim=True)
+    zu, gu = zf / zs.clamp_min(tiny), gf / gs.clamp_min(tiny)
+    zn, gn = torch.linalg.vector_norm(zu, dim=1), torch.linalg.vector_norm(gu, dim=1)
+    dot = torch.bmm(zu.unsqueeze(1), gu.unsqueeze(2)).reshape(n)
+    cos = -dot / (zn * gn).clamp_min(tiny)
+    return cos.clamp(-1.0, 1.0), zn * zs.reshape(n)
 
 
 def _efficiency_(stats: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> None:
     """Accumulate (Σ per-sample cos(z, −g), Σ per-sample ‖z‖, number of samples) into `stats`."""
-    zf = z.detach().float().reshape(z.shape[0], -1) if z.dim() > 1 else z.float()[None]
-    gf = grad.detach().float().reshape(zf.shape)
-    zn, gn = zf.norm(dim=1), gf.norm(dim=1)
-    cos = -(zf * gf).sum(dim=1) / (zn * gn).clamp_min(1e-30)
+    cos, zn = _efficiency_terms(z, grad)
     stats[0] += cos.sum()
     stats[1] += zn.sum()
-    stats[2] += zf.shape[0]
+    stats[2] += cos.shape[0]
 
 
 def _calibrate_(cal: tuple, z: torch.Tensor, grad: torch.Tensor, gain: torch.Tensor) -> None:
@@ -64,8 +106,7 @@ class _PenalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, coef, gain, storage_dtype, copy, stats, cal):
-        saved = _save(z, storage_dtype)
-        ctx.save_for_backward(saved, coef, gain)
+        ctx.save_for_backward(*_pack_z(z, storage_dtype), coef, gain)
         ctx.stats = stats
         ctx.cal = cal
         # where the model later writes into z (timm ResNet `x += shortcut`, then ReLU(inplace)) hand it a copy and
@@ -74,13 +115,16 @@ class _PenalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        saved, coef, gain = ctx.saved_tensors
-        with torch.no_grad():
-            if ctx.stats is not None:
-                _efficiency_(ctx.stats, saved, grad)
-            if ctx.cal is not None:
-                _calibrate_(ctx.cal, saved, grad, gain)
-        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None, None, None, None
+        *saved, coef, gain = ctx.saved_tensors
+        z = _unpack_z(saved, grad.dtype)
+        if ctx.stats is not None or ctx.cal is not None:
+            with torch.no_grad():  # the statistics read z at full precision even when grad is 16-bit
+                zm = z if grad.dtype.itemsize >= 4 else _unpack_z(saved, torch.float32)
+                if ctx.stats is not None:
+                    _efficiency_(ctx.stats, zm, grad)
+                if ctx.cal is not None:
+                    _calibrate_(ctx.cal, zm, grad, gain)
+        return torch.addcmul(grad, z, coef.to(grad.dtype)), None, None, None, None, None, None
 
 
 def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, copy: bool = False) -> torch.Tensor:
@@ -126,6 +170,7 @@ class PenalConnection(nn.Module):
         self.storage_dtype = storage_dtype
         self.copy = copy
         self.measure_efficiency = False
+        self._sum = None  # set by hf_penal.recompute where z is recomputed from x + z instead of saved
         self._calibrating = self.auto  # eager fast path: stop measuring once `pending` is seen cleared
 
     def _apply(self, fn, recurse=True):
@@ -147,6 +192,8 @@ class PenalConnection(nn.Module):
             if self._calibrating or torch.compiler.is_compiling():
                 cal = (self.tau, self.ratio, self.pending, self.norms)
         coef = self.tau * self.factor * self.gain
+        if self._sum is not None and cal is None and not self.measure_efficiency and self._sum.active():
+            return self._sum.branch(z, coef)
         stats = self.stats if self.measure_efficiency else None
         return _PenalFunction.apply(z, coef, self.gain, self.storage_dtype, self.copy, stats, cal)
 
@@ -158,6 +205,8 @@ class PenalConnection(nn.Module):
             s = f"tau={self.tau.item():g}"
         if self.storage_dtype is not None:
             s += f", storage_dtype={self.storage_dtype}"
+        if self._sum is not None:
+            s += ", storage=recompute"
         return s
 
     # calibration --------------------------------------------------------------------------------------------

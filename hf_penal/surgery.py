@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from . import recompute
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
 from .ops import PenalConnection
 from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
@@ -266,6 +267,8 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
             if device is not None and device.type != "meta":
                 conn.to(device)
             host.add_module(CONNECTION + suffix, conn)
+            if cfg.storage_dtype == "recompute":
+                recompute.attach(modules, site, conn, cfg.mode)
         if modes is not None and site.name in modes:
             host.add_module(MODE + suffix, modes[site.name])
         mod.register_forward_hook(_SiteHook(site.output_index, None if host is mod else host, suffix))
@@ -290,6 +293,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
                 del host._modules[child]
     from .modes import detach_skip_capture  # noqa: PLC0415
     detach_skip_capture(model)
+    recompute.detach(model)
 
 
 def _record_config(model: nn.Module, cfg: Optional[PenalConfig]) -> None:

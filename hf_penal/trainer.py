@@ -74,8 +74,8 @@ class PenalTrainingArguments(TrainingArguments):
         "Residual sites: all | attention | self_attention | cross_attention | mlp | conv, or a regex over site "
         "names. None: the model's own setting, else 'all'.")})
     penal_storage_dtype: str | None = dataclasses.field(default=None, metadata={"help": (
-        "dtype z is saved in for backward: float32 | float16 | bfloat16. None: the model's own setting, else the "
-        "activation's dtype.")})
+        "dtype z is saved in for backward: float32 | float16 | bfloat16 | float8_e4m3fn | float8_e5m2 | recompute. "
+        "None: the model's own setting, else the activation's dtype.")})
     penal_schedule: str = dataclasses.field(default="constant", metadata={"help": (
         f"tau schedule over optimizer steps: {' | '.join(SCHEDULES)}."), "choices": list(SCHEDULES)})
     penal_warmup_ratio: float = dataclasses.field(default=0.0, metadata={"help": (

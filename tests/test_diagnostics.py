@@ -114,3 +114,67 @@ def test_probes_off_do_no_extra_work_in_backward(monkeypatch):
 def test_track_efficiency_needs_penal_connections():
     with pytest.raises(ValueError, match="apply"):
         track_efficiency(_tiny_bert(1))
+
+
+# ---------------------------------------------------------------------------------------------- numerical range
+def _probe_stats(z, up, storage_dtype=None):
+    """(sum of cosines, sum of ‖z‖, n) the probe accumulates for branch output z and incoming gradient `up`."""
+    conn = hf_penal.PenalConnection(tau=0.0, storage_dtype=storage_dtype)
+    conn.measure_efficiency = True
+    z = z.clone().requires_grad_(True)
+    conn(z).backward(up)
+    return conn.stats.double()
+
+
+def _fp64_reference(z, up):
+    zd, gd = z.double().flatten(1), up.double().flatten(1)
+    return F.cosine_similarity(zd, -gd, dim=1, eps=0.0), zd.norm(dim=1)
+
+
+@pytest.mark.parametrize("z_scale, g_scale", [
+    (1e4, 1.0), (1e6, 1.0), (1e6, 1e-6),   # exploding activations (the −6e4 seen in training)
+    (1e20, 1e20),                           # fp32 products and squares overflow (3e38)
+    (1e-12, 1e-22),                         # ‖z‖·‖g‖ < 1e-30: the old clamp inflated the cosine
+])
+def test_efficiency_stays_a_cosine_and_matches_fp64_for_any_magnitude(z_scale, g_scale):
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    # per-sample magnitudes spread over two decades; z partly aligned with −g so cosines are far from 0
+    mags = torch.logspace(0, 2, n).reshape(n, 1, 1)
+    up = torch.randn(n, 16, 32, generator=g) * g_scale
+    z = (-0.7 * up / g_scale + torch.randn(n, 16, 32, generator=g)) * mags * z_scale
+    cos, zn = _fp64_reference(z, up)
+    assert cos.abs().min() > 0.3
+    stats = _probe_stats(z, up)
+    assert stats[2] == n
+    assert -1.0 <= stats[0] / n <= 1.0
+    assert stats[0].item() == pytest.approx(cos.sum().item(), abs=1e-5)
+    assert stats[1].item() == pytest.approx(zn.sum().item(), rel=1e-5)
+
+
+def test_efficiency_of_exactly_aligned_huge_vectors_is_one_not_more():
+    up = torch.full((2, 4096), -3e18)
+    stats = _probe_stats(-up * 1e2, up)  # z = −g·1e2 ≈ 3e20: ⟨z, g⟩ summed in fp32 is −inf
+    assert stats[0].item() / 2 == pytest.approx(1.0, abs=1e-6) and stats[0].item() / 2 <= 1.0
+    assert stats[1].item() / 2 == pytest.approx(3e20 * 64, rel=1e-5)
+
+
+def test_efficiency_of_a_zero_branch_or_gradient_is_zero():
+    z, up = torch.randn(3, 8), torch.randn(3, 8)
+    z[0] = 0
+    up[1] = 0
+    stats = _probe_stats(z, up)
+    want, zn = _fp64_reference(z, up)
+    assert stats[0].item() == pytest.approx(want[2].item(), abs=1e-6)
+    assert stats[1].item() == pytest.approx(zn.sum().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float8_e4m3fn"])
+def test_efficiency_with_low_precision_storage_is_close_to_full_precision(storage):
+    g = torch.Generator().manual_seed(1)
+    up = torch.randn(4, 64, generator=g)
+    z = (-0.5 * up + torch.randn(4, 64, generator=g)) * 1e5
+    cos, zn = _fp64_reference(z, up)
+    stats = _probe_stats(z, up, storage_dtype=getattr(torch, storage))
+    assert stats[0].item() == pytest.approx(cos.sum().item(), abs=4 * 0.03)
+    assert stats[1].item() == pytest.approx(zn.sum().item(), rel=0.03)
