@@ -116,9 +116,12 @@ def _select(model: nn.Module, found: list[ResidualSite], spec) -> list[ResidualS
     import re
     rx = re.compile(spec)
     chosen = [s for s in found if rx.search(s.name)]
-    if not chosen:
-        raise ValueError(f"PenalConfig field 'sites': regex {spec!r} matches none of the model's {len(found)} "
-                         f"residual sites (e.g. {[s.name for s in found[:3]]})")
+    if not chosen:  # a string that is not a keyword is a regex: say so, and show names it could have matched
+        names = [s.name for s in found]
+        shown = names[:6] + ([f"... {len(names) - 6} more"] if len(names) > 6 else [])
+        raise ValueError(f"PenalConfig field 'sites': {spec!r} is not a keyword ({', '.join(SITE_KEYWORDS)}), so it "
+                         f"is a regex searched in site names, and it matches none of the model's {len(names)} "
+                         f"residual sites: {shown}")
     return chosen
 
 
