@@ -67,9 +67,10 @@ def _load_for_inspect(target: str):
         return transformers.AutoModel.from_config(config, penal=False), getattr(config, "penal", None)
 
 
-def inspect(target: str, out=sys.stdout) -> int:
+def inspect(target: str, out=None) -> int:
     from .sites import discover
 
+    out = out or sys.stdout
     model, saved = _load_for_inspect(target)
     found = discover(model)
     if not found:
