@@ -94,6 +94,10 @@ def inspect(target: str, out=None) -> int:
 def _plot(run_dir: str, output: str | None) -> int:
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(missing_dir_message(run_dir))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib (or hf_penal[trainer])") from None
     from .plot import plot_run
 
     print(plot_run(run_dir, output))
