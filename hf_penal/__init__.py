@@ -5,6 +5,7 @@ that reaches the branch output z: the gradient of an extra loss (τ/2)·Σ‖z�
 (Chen et al., ICLR 2023). Importing this package adds the ``penal=`` keyword to transformers' ``from_pretrained`` /
 ``from_config`` and to ``timm.create_model``.
 """
+from .calibration import calibrate
 from .config import PenalConfig
 from .ops import PenalConnection, penal
 from .sites import NoResidualSiteError, ResidualSite
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PenalConfig", "PenalConnection", "penal", "ResidualSite", "NoResidualSiteError",
-    "apply", "remove", "sites", "set_tau", "set_loss_scale", "penal_config",
+    "apply", "remove", "sites", "set_tau", "set_loss_scale", "penal_config", "calibrate",
     "PenalTrainingArguments", "PenalTrainer", "PenalCallback", "markov_efficiency",
 ]
 

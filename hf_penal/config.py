@@ -12,7 +12,12 @@ from typing import Any, Union
 
 import torch
 
-DEFAULT_TAU = 3e-4  # the paper's reference value
+DEFAULT_TAU = 3e-4  # the paper's reference value (an absolute τ: tau=3e-4)
+
+#: ρ of ``tau="auto"`` when none is given, by how the model was made (chosen by `benchmarks/quality.py`'s study,
+#: see BENCHMARKS.md "Quality"): a model built from a config (trained from scratch) and one loaded with weights
+#: (fine-tuned)
+DEFAULT_TAU_RATIO = {"scratch": 0.03, "pretrained": 0.03}
 
 #: keywords accepted by `sites=` besides a regex or a list of site names; each selects site kinds
 SITE_KEYWORDS = {
@@ -44,9 +49,15 @@ def _is_number(x: Any) -> bool:
 class PenalConfig:
     """What `hf_penal.apply` does to a model.
 
-    tau: penalty strength τ ≥ 0 (default 3e-4, the paper's, with mode "identity"; 0 — no penalty — with any other
-        mode unless given). The gradient reaching each residual branch output z becomes ``grad + tau * z`` in
-        training.
+    tau: ``"auto"`` (the default with mode "identity") or an absolute penalty strength τ ≥ 0 (the paper's formula:
+        the gradient reaching each residual branch output z becomes ``grad + tau * z`` in training; its reference
+        value is 3e-4). ``"auto"`` calibrates one τ_l per site on the first training backward:
+        τ_l = tau_ratio · ‖∂L/∂z_l‖ / ‖z_l‖ (that backward adds no penalty), then holds it fixed. With a mode other
+        than "identity" the default is 0 (no penalty) unless given.
+    tau_ratio: ρ of ``tau="auto"`` (> 0). None: `DEFAULT_TAU_RATIO` for the model (built from a config or loaded
+        with weights), resolved by `hf_penal.apply`.
+    tau_calibrated: the calibrated τ_l per site name (written by `save_pretrained` / `penal_config`; a model loaded
+        with them does not recalibrate). None: not calibrated yet.
     sites: which residual sites get the connection: ``"all"``, ``"attention"`` (self + cross), ``"self_attention"``,
         ``"cross_attention"``, ``"mlp"``, ``"conv"``, a regex matched (``re.search``) against site names, or a list
         of site names.
@@ -59,7 +70,9 @@ class PenalConfig:
         whether M is trained, the seed it is built from).
     """
 
-    tau: float | None = None  # None: DEFAULT_TAU with mode "identity", else 0 (see __post_init__)
+    tau: float | str | None = None  # None: "auto" with mode "identity", else 0 (see __post_init__)
+    tau_ratio: float | None = None
+    tau_calibrated: dict | None = None
     sites: SitesSpec = "all"
     storage_dtype: Union[str, None] = None
     mode: str = "identity"
@@ -72,10 +85,20 @@ class PenalConfig:
 
     def __post_init__(self):
         if self.tau is None:  # a residual mode alone is not a penal connection: penal only when tau is asked for
-            self.tau = DEFAULT_TAU if self.mode == "identity" else 0.0
-        if not _is_number(self.tau) or not math.isfinite(self.tau) or self.tau < 0:
-            raise ValueError(f"PenalConfig field 'tau' must be a finite number >= 0 (e.g. 3e-4); got {self.tau!r}")
-        self.tau = float(self.tau)
+            self.tau = "auto" if self.mode == "identity" else 0.0
+        self.tau = check_tau(self.tau, "PenalConfig field 'tau'")
+        if self.tau_ratio is not None:
+            self.tau_ratio = _check_ratio(self.tau_ratio, "PenalConfig field 'tau_ratio'")
+        if self.tau_calibrated is not None:
+            if self.tau != "auto":
+                raise ValueError("PenalConfig field 'tau_calibrated' is only meaningful with tau='auto'; "
+                                 f"got tau={self.tau!r}")
+            if not (isinstance(self.tau_calibrated, dict) and all(
+                    isinstance(k, str) and _is_number(v) and math.isfinite(v) and v >= 0
+                    for k, v in self.tau_calibrated.items())):
+                raise ValueError("PenalConfig field 'tau_calibrated' must be a dict {site name: tau >= 0} or None; "
+                                 f"got {self.tau_calibrated!r}")
+            self.tau_calibrated = {k: float(v) for k, v in self.tau_calibrated.items()}
         self.sites = _validate_sites(self.sites)
         if isinstance(self.storage_dtype, torch.dtype):
             if self.storage_dtype not in _DTYPE_NAMES:
@@ -106,6 +129,11 @@ class PenalConfig:
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property
+    def auto(self) -> bool:
+        """τ is calibrated per site (``tau="auto"``)."""
+        return self.tau == "auto"
+
+    @property
     def torch_storage_dtype(self) -> Union[torch.dtype, None]:
         return _STORAGE_DTYPES[self.storage_dtype]
 
@@ -128,6 +156,27 @@ class PenalConfig:
 
     def replace(self, **changes) -> "PenalConfig":
         return PenalConfig.from_dict({**self.to_dict(), **changes})
+
+
+def check_tau(tau: Any, label: str) -> float | str:
+    """``"auto"`` or a finite float >= 0 (also from a string such as ``"3e-4"``, as a command line gives it)."""
+    if isinstance(tau, str):
+        if tau.strip().lower() == "auto":
+            return "auto"
+        try:
+            tau = float(tau)
+        except ValueError:
+            pass
+    if not _is_number(tau) or not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"{label} must be 'auto' or a finite number >= 0 (e.g. 3e-4, the paper's absolute tau); "
+                         f"got {tau!r}")
+    return float(tau)
+
+
+def _check_ratio(ratio: Any, label: str) -> float:
+    if not _is_number(ratio) or not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"{label} (rho of tau='auto') must be a finite number > 0 (e.g. 0.03); got {ratio!r}")
+    return float(ratio)
 
 
 def _validate_sites(sites: Any) -> SitesSpec:
@@ -159,5 +208,7 @@ def resolve_config(config: Union["PenalConfig", dict, bool, None] = None, **fiel
         base = dict(config)
     else:
         raise TypeError(f"penal must be True, a dict or a PenalConfig; got {type(config).__name__}")
+    if {"tau", "tau_ratio"} & set(fields) and "tau_calibrated" not in fields:
+        base.pop("tau_calibrated", None)  # a new strength: the old calibration no longer applies
     base.update({k: v for k, v in fields.items()})
     return PenalConfig.from_dict(base)

@@ -18,19 +18,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .surgery import connections
+from .surgery import connections, penalized_root
 
 PREFIX = "penal/"
-
-
-def _root(model: nn.Module) -> nn.Module:
-    """The module that carries the penal connections (`model` itself, or a wrapped inner model)."""
-    if connections(model):
-        return model
-    for m in model.modules():
-        if m is not model and connections(m):
-            return m
-    return model
 
 
 def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
@@ -38,7 +28,7 @@ def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
 
     The statistics are reset either way. Raises ValueError when the model has no penal connection.
     """
-    pairs = connections(_root(model))
+    pairs = connections(penalized_root(model))
     if not pairs:
         raise ValueError("track_efficiency: the model has no penal connections; call hf_penal.apply(model) first "
                          "(tau=0.0 measures without penalizing)")
@@ -59,7 +49,7 @@ def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") 
         raise ValueError(f"markov_efficiency: per must be 'layer' or 'site'; got {per!r}")
     groups: dict[str, list] = {}
     depth: dict[str, int] = {}
-    for site, conn in connections(_root(model)):
+    for site, conn in connections(penalized_root(model)):
         stats = conn.read_stats(reset=reset)
         if stats is None:
             continue
@@ -78,7 +68,7 @@ def efficiency_metrics(model: nn.Module, reset: bool = True, n_layers: int | Non
     if not per_layer:
         return {}
     if n_layers is None:
-        n_layers = max(s.n_layers for s, _ in connections(_root(model)))
+        n_layers = max(s.n_layers for s, _ in connections(penalized_root(model)))
     width = max(2, len(str(max(n_layers - 1, 0))))
     out: dict[str, float] = {}
     for v in sorted(per_layer.values(), key=lambda v: v["depth"]):

@@ -1,19 +1,28 @@
 """The penal connection as an autograd Function and as a small module.
 
 Forward is the identity. Backward adds ``coef * z`` to the gradient reaching z, where
-``coef = tau * gain``:
+``coef = tau * factor * gain``:
 
-* ``tau`` is the configured penalty τ (a 0-dim float32 buffer, so a schedule changes it in place and a compiled
-  graph never recompiles);
+* ``tau`` is the site's base penalty τ_l (a 0-dim float32 buffer, changed in place, so a compiled graph never
+  recompiles): the configured absolute τ, or — with ``tau="auto"`` — the value calibrated on the first training
+  backward (below);
+* ``factor`` is the τ schedule's multiplier (× a depth profile), written once per optimizer step by the trainer
+  integration (1 outside training with a schedule);
 * ``gain`` is an implementation detail the training integration keeps up to date: the current loss scale of a
   GradScaler (the incoming gradient is multiplied by it, so τ·z must be too) times the number of data-parallel
   ranks (DDP averages gradients over ranks, which would divide a per-sample-summed penalty by the rank count).
   Gradient accumulation needs no correction: summing τ·z over k micro-batches gives exactly the penalty of one
   batch k times larger, which is what accumulation emulates.
 
+Calibration (``tau="auto"``, design §1 "Strength"): the first training backward through the site adds nothing and
+measures τ_l = ρ · ‖g‖ / ‖z‖, with g = (incoming gradient) / gain — the unscaled, single-rank-equivalent ∂L/∂z —
+and the norms over the whole micro-batch tensor. Every site of the model calibrates in that same backward, so the
+gradients it sees carry no penalty of other sites (calibrating inside a penalized backward compounds). Later
+backwards add τ_l·z. The measurement is tensor arithmetic on buffers (``pending`` switches it off), so it needs no
+host sync and no recompile.
+
 Optionally the op also measures the Markov efficiency ε = cos(z, −∂L/∂x) per sample (design §1), using the
-incoming gradient as ∂L/∂x at the node, and the mean per-sample ‖z‖. That path is a separate Function so the default
-backward does no extra work.
+incoming gradient as ∂L/∂x at the node, and the mean per-sample ‖z‖.
 """
 from __future__ import annotations
 
@@ -21,44 +30,57 @@ import torch
 from torch import nn
 
 
+def _save(z, storage_dtype):
+    """The tensor kept for backward: z itself, or a detached copy in `storage_dtype`."""
+    return z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
+
+
+def _efficiency_(stats: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> None:
+    """Accumulate (Σ per-sample cos(z, −g), Σ per-sample ‖z‖, number of samples) into `stats`."""
+    zf = z.detach().float().reshape(z.shape[0], -1) if z.dim() > 1 else z.float()[None]
+    gf = grad.detach().float().reshape(zf.shape)
+    zn, gn = zf.norm(dim=1), gf.norm(dim=1)
+    cos = -(zf * gf).sum(dim=1) / (zn * gn).clamp_min(1e-30)
+    stats[0] += cos.sum()
+    stats[1] += zn.sum()
+    stats[2] += zf.shape[0]
+
+
+def _calibrate_(cal: tuple, z: torch.Tensor, grad: torch.Tensor, gain: torch.Tensor) -> None:
+    """While ``pending`` is 1: measure ‖g‖², ‖z‖² (g = grad / gain), set τ = ρ·‖g‖/‖z‖ and clear ``pending``.
+    Tensor-only (no branch on values): once calibrated the buffers keep their values."""
+    tau, ratio, pending, norms = cal
+    g2 = (grad.detach().double() / gain.double()).square().sum()
+    z2 = z.detach().double().square().sum()
+    measured = torch.stack([g2, z2])
+    norms.copy_(torch.lerp(norms.double(), measured, pending.double()).to(norms.dtype))
+    new_tau = ratio.double() * (g2.sqrt() / z2.sqrt().clamp_min(1e-30))
+    tau.copy_(torch.lerp(tau.double(), new_tau, pending.double()).to(tau.dtype))
+    pending.zero_()
+
+
 class _PenalFunction(torch.autograd.Function):
+    """z → z; backward: grad + coef·z. `stats` (ε probe) and `cal` (calibration buffers) are optional."""
+
     @staticmethod
-    def forward(ctx, z, coef, storage_dtype, copy):
-        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
-        ctx.save_for_backward(saved, coef)
+    def forward(ctx, z, coef, gain, storage_dtype, copy, stats, cal):
+        saved = _save(z, storage_dtype)
+        ctx.save_for_backward(saved, coef, gain)
+        ctx.stats = stats
+        ctx.cal = cal
         # where the model later writes into z (timm ResNet `x += shortcut`, then ReLU(inplace)) hand it a copy and
         # keep the original; elsewhere a view costs nothing
         return z.clone() if copy else z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):
-        saved, coef = ctx.saved_tensors
-        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None
-
-
-class _PenalProbeFunction(torch.autograd.Function):
-    """Same gradient as `_PenalFunction`; also accumulates ε and ‖z‖ statistics into `stats` (a float32 [3] buffer:
-    sum of per-sample cosines, sum of per-sample ‖z‖, number of samples)."""
-
-    @staticmethod
-    def forward(ctx, z, coef, storage_dtype, copy, stats):
-        saved = z.detach().to(storage_dtype) if storage_dtype is not None and storage_dtype != z.dtype else z
-        ctx.save_for_backward(saved, coef)
-        ctx.stats = stats
-        return z.clone() if copy else z.view_as(z)
-
-    @staticmethod
-    def backward(ctx, grad):
-        saved, coef = ctx.saved_tensors
+        saved, coef, gain = ctx.saved_tensors
         with torch.no_grad():
-            zf = saved.detach().float().reshape(saved.shape[0], -1) if saved.dim() > 1 else saved.float()[None]
-            gf = grad.detach().float().reshape(zf.shape)
-            zn, gn = zf.norm(dim=1), gf.norm(dim=1)
-            cos = -(zf * gf).sum(dim=1) / (zn * gn).clamp_min(1e-30)
-            ctx.stats[0] += cos.sum()
-            ctx.stats[1] += zn.sum()
-            ctx.stats[2] += zf.shape[0]
-        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None, None
+            if ctx.stats is not None:
+                _efficiency_(ctx.stats, saved, grad)
+            if ctx.cal is not None:
+                _calibrate_(ctx.cal, saved, grad, gain)
+        return torch.addcmul(grad, saved.to(grad.dtype), coef.to(grad.dtype)), None, None, None, None, None, None
 
 
 def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, copy: bool = False) -> torch.Tensor:
@@ -70,50 +92,97 @@ def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, cop
         return z
     if not torch.is_tensor(tau):
         tau = torch.tensor(float(tau), dtype=torch.float32, device=z.device)
-    return _PenalFunction.apply(z, tau, storage_dtype, copy)
+    one = torch.ones((), dtype=torch.float32, device=z.device)
+    return _PenalFunction.apply(z, tau, one, storage_dtype, copy, None, None)
 
 
 class PenalConnection(nn.Module):
     """Penal connection at one residual site. Identity in forward; in training adds τ·z to z's gradient.
 
     Args:
-        tau: τ (float ≥ 0). Kept in a 0-dim float32 buffer, changed in place by `set_tau`.
+        tau: τ (float ≥ 0), or ``"auto"``: calibrated on the first training backward as
+            ``tau_ratio · ‖∂L/∂z‖ / ‖z‖`` (that backward adds no penalty). Kept in a 0-dim float32 buffer.
+        tau_ratio: ρ of ``"auto"`` (ignored otherwise).
         storage_dtype: dtype z is kept in for the backward pass (None: z's own dtype).
         copy: keep a private copy of z (needed where the model later modifies z in place).
     """
 
-    def __init__(self, tau: float = 3e-4, storage_dtype: torch.dtype | None = None, copy: bool = False):
+    _FLOAT_BUFFERS = ("tau", "factor", "gain", "stats", "ratio", "pending", "norms")
+
+    def __init__(self, tau: float | str = 3e-4, storage_dtype: torch.dtype | None = None, copy: bool = False,
+                 tau_ratio: float = 0.0):
         super().__init__()
+        self.auto = tau == "auto"
         # non-persistent: checkpoints stay free of new keys and load into plain models
-        self.register_buffer("tau", torch.tensor(float(tau), dtype=torch.float32), persistent=False)
-        self.register_buffer("gain", torch.tensor(1.0, dtype=torch.float32), persistent=False)
-        self.register_buffer("stats", torch.zeros(3, dtype=torch.float32), persistent=False)
+        f32 = dict(dtype=torch.float32)
+        self.register_buffer("tau", torch.tensor(0.0 if self.auto else float(tau), **f32), persistent=False)
+        self.register_buffer("factor", torch.tensor(1.0, **f32), persistent=False)
+        self.register_buffer("gain", torch.tensor(1.0, **f32), persistent=False)
+        self.register_buffer("stats", torch.zeros(3, **f32), persistent=False)
+        if self.auto:
+            self.register_buffer("ratio", torch.tensor(float(tau_ratio), **f32), persistent=False)
+            self.register_buffer("pending", torch.tensor(1.0, **f32), persistent=False)
+            self.register_buffer("norms", torch.zeros(2, **f32), persistent=False)  # ‖g‖², ‖z‖² measured
         self.storage_dtype = storage_dtype
         self.copy = copy
         self.measure_efficiency = False
+        self._calibrating = self.auto  # eager fast path: stop measuring once `pending` is seen cleared
 
     def _apply(self, fn, recurse=True):
         # .half()/.to(bfloat16) must not turn the coefficients into fp16 (a loss scale of 65536 overflows it)
         super()._apply(fn, recurse)
-        for name in ("tau", "gain", "stats"):
-            buf = self._buffers[name]
-            if buf.dtype != torch.float32:
+        for name in self._FLOAT_BUFFERS:
+            buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != torch.float32:
                 self._buffers[name] = buf.float()
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled() and z.requires_grad):
             return z
-        coef = self.tau * self.gain
-        if self.measure_efficiency:
-            return _PenalProbeFunction.apply(z, coef, self.storage_dtype, self.copy, self.stats)
-        return _PenalFunction.apply(z, coef, self.storage_dtype, self.copy)
+        cal = None
+        if self.auto:
+            if self._calibrating and not torch.compiler.is_compiling() and not self.pending.item():
+                self._calibrating = False  # eager: calibrated, skip the measurement from now on
+            if self._calibrating or torch.compiler.is_compiling():
+                cal = (self.tau, self.ratio, self.pending, self.norms)
+        coef = self.tau * self.factor * self.gain
+        stats = self.stats if self.measure_efficiency else None
+        return _PenalFunction.apply(z, coef, self.gain, self.storage_dtype, self.copy, stats, cal)
 
     def extra_repr(self) -> str:
-        s = f"tau={self.tau.item():g}"
+        if self.auto:
+            s = (f"tau=auto(ratio={self.ratio.item():g}, " +
+                 ("pending)" if self.pending.item() else f"calibrated={self.tau.item():.3g})"))
+        else:
+            s = f"tau={self.tau.item():g}"
         if self.storage_dtype is not None:
             s += f", storage_dtype={self.storage_dtype}"
         return s
+
+    # calibration --------------------------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        """True when τ is known: a fixed τ, or an ``"auto"`` τ after its calibrating backward (or a restore)."""
+        return not self.auto or not bool(self.pending.item())
+
+    def set_calibrated(self, tau: float) -> None:
+        """Restore a calibrated τ_l (from saved settings): no calibration backward will run."""
+        with torch.no_grad():
+            self.tau.fill_(float(tau))
+            if self.auto:
+                self.pending.zero_()
+        self._calibrating = False
+
+    def recalibrate(self) -> None:
+        """Measure τ_l again on the next training backward (which then adds no penalty at this site)."""
+        if not self.auto:
+            raise ValueError("recalibrate: this connection has a fixed tau; apply tau='auto' to calibrate")
+        with torch.no_grad():
+            self.tau.zero_()
+            self.pending.fill_(1.0)
+            self.norms.zero_()
+        self._calibrating = True
 
     # ε / ‖z‖ statistics --------------------------------------------------------------------------------------
     def read_stats(self, reset: bool = True) -> tuple | None:

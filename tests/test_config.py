@@ -7,9 +7,11 @@ import torch
 from hf_penal import PenalConfig
 
 
-def test_defaults_are_the_papers():
+def test_defaults_calibrate_tau_and_the_papers_absolute_tau_is_one_keyword_away():
     cfg = PenalConfig()
-    assert cfg.tau == 3e-4 and cfg.sites == "all" and cfg.storage_dtype is None and cfg.mode == "identity"
+    assert cfg.tau == "auto" and cfg.tau_ratio is None and cfg.tau_calibrated is None
+    assert cfg.sites == "all" and cfg.storage_dtype is None and cfg.mode == "identity"
+    assert PenalConfig(tau=3e-4).tau == 3e-4 and not PenalConfig(tau=3e-4).auto
 
 
 def test_dict_round_trip_is_exact():

@@ -4,7 +4,7 @@ Oracles: the τ schedule formulas (schedules.py, tested alone), and the explicit
 L + τ/2·Σ‖z‖² on the vanilla model (tests/_oracle.py) for every statement about parameter updates.
 """
 import copy
-import math
+import json
 import os
 import shutil
 import subprocess
@@ -162,6 +162,26 @@ def test_resume_from_checkpoint_continues_the_exact_tau_trajectory(bert_dir, tmp
     # rows 1-3 come back from checkpoint-3's trainer_state.json; rows 4-6 are the resumed run's
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     assert all(resumed[s] == full[s] for s in resumed)  # exactly, not approximately
+
+
+def test_resume_keeps_the_calibrated_taus_exactly_and_weights_match_the_full_run(bert_dir, tmp_path):
+    def run(resume, trainer_cls=PenalTrainer):
+        args = _args(tmp_path / "out", max_steps=6, penal_tau="auto", penal_tau_ratio=0.1, save_strategy="steps",
+                     save_steps=3, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant")
+        model = BertForSequenceClassification.from_pretrained(bert_dir)
+        tr = PenalTrainer(model=model, args=args, train_dataset=_data(48))
+        tr.train(resume_from_checkpoint=resume)
+        return _taus(tr.state.log_history), hf_penal.penal_config(model).tau_calibrated, model
+
+    full, cal_full, m_full = run(None)
+    saved = json.loads((tmp_path / "out" / "checkpoint-3" / "penal_calibration.json").read_text())
+    assert saved == cal_full and len(saved) == 4
+    shutil.rmtree(tmp_path / "out" / "checkpoint-6")
+    resumed, cal_resumed, m_res = run(str(tmp_path / "out" / "checkpoint-3"))
+    assert cal_resumed == cal_full  # restored, not measured again on the trained weights
+    assert all(resumed[s] == full[s] for s in resumed) and sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for (n, p), (_, q) in zip(m_full.named_parameters(), m_res.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
 
 
 def _one_sgd_step(bert_dir, out, batch, accum, lr=0.5, tau=0.05, **kw):
@@ -357,5 +377,7 @@ def test_default_tau_without_arguments_or_model_config(bert_dir, tmp_path):
     model = BertForSequenceClassification.from_pretrained(bert_dir)
     tr = PenalTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_data(4))
     tr.train()
-    assert hf_penal.penal_config(model).tau == 3e-4 and _taus(tr.state.log_history)[1] == 3e-4
-    assert math.isclose(model.config.penal["tau"], 3e-4)
+    cfg = hf_penal.penal_config(model)
+    assert cfg.tau == "auto" and cfg.tau_calibrated and len(cfg.tau_calibrated) == 4  # calibrated in step 1
+    assert _taus(tr.state.log_history)[1] == pytest.approx(sum(cfg.tau_calibrated.values()) / 4)
+    assert model.config.penal["tau_calibrated"] == cfg.tau_calibrated  # recorded at train end

@@ -22,8 +22,12 @@ def _wrap(func):
     @functools.wraps(func)
     def create_model(*args, **kwargs):
         penal, fields, given = pop_penal_kwargs(kwargs)
+        pretrained = bool(kwargs.get("pretrained") or kwargs.get("checkpoint_path") or (len(args) > 1 and args[1]))
         if not given or penal is False:
-            return func(*args, **kwargs)
+            model = func(*args, **kwargs)
+            from .. import surgery  # noqa: PLC0415
+            surgery.mark_pretrained(model, pretrained)
+            return model
         from .. import surgery  # noqa: PLC0415
         from ..config import resolve_config  # noqa: PLC0415
         cfg = resolve_config(None if penal is True else penal, **fields)  # bad input fails before building
@@ -31,8 +35,8 @@ def _wrap(func):
         _check_local_files(kwargs)
         with outermost():
             model = func(*args, **kwargs)
+        surgery.mark_pretrained(model, pretrained)
         surgery.apply(model, cfg)
-        pretrained = bool(kwargs.get("pretrained") or kwargs.get("checkpoint_path") or (len(args) > 1 and args[1]))
         surgery.warn_if_pretrained(model, cfg, pretrained=pretrained)
         return model
 

@@ -64,6 +64,7 @@ def _finish(model, penal, fields, given, source=None, kwargs=None):
     from .. import surgery  # noqa: PLC0415
     from ..config import resolve_config  # noqa: PLC0415
 
+    surgery.mark_pretrained(model, source is not None)  # from_pretrained: loaded with weights
     if penal is False:
         surgery.remove(model)
         surgery._record_config(model, None)
@@ -132,6 +133,20 @@ def _wrap(func):
     return wrapper
 
 
+def _wrap_save(func):
+    if getattr(func, "_hf_penal", False):
+        return func
+
+    @functools.wraps(func)
+    def save_pretrained(self, *args, **kwargs):
+        from .. import surgery  # noqa: PLC0415
+        surgery.record_settings(self)  # the calibrated τ_l go into config.json with the rest
+        return func(self, *args, **kwargs)
+
+    save_pretrained._hf_penal = True
+    return save_pretrained
+
+
 def install() -> bool:
     try:
         from transformers import PreTrainedModel  # noqa: PLC0415
@@ -143,4 +158,5 @@ def install() -> bool:
         attr = owner.__dict__.get(name)
         if isinstance(attr, classmethod):
             setattr(owner, name, classmethod(_wrap(attr.__func__)))
+    PreTrainedModel.save_pretrained = _wrap_save(PreTrainedModel.save_pretrained)
     return True
