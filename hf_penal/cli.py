@@ -1,10 +1,25 @@
-"""`hf-penal` command line: ``inspect`` (the residual sites of a model) and ``plot`` (τ and ε of a training run)."""
+"""`hf-penal` command line: ``inspect`` (the residual sites of a model) and ``plot`` (τ and ε of a training run).
+
+Every failure is one line on stderr and exit status 1 (2 for a bad command line); ``--debug`` shows the traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+
+from .integrations import close_timm_names, looks_like_path, missing_dir_message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def _load_for_inspect(target: str):
@@ -13,7 +28,10 @@ def _load_for_inspect(target: str):
 
     import hf_penal  # noqa: F401 - installs the integrations
 
-    if os.path.isdir(target) and os.path.exists(os.path.join(target, "config.json")):
+    if os.path.isdir(target):
+        if not os.path.exists(os.path.join(target, "config.json")):
+            raise FileNotFoundError(f"{target!r} has no config.json: not a transformers model folder (for a timm "
+                                    f"model, pass its name, e.g. resnet50)")
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(target)
@@ -24,6 +42,8 @@ def _load_for_inspect(target: str):
             model = cls._from_config(config, penal=False) if cls else transformers.AutoModel.from_config(
                 config, penal=False)
         return model, saved
+    if looks_like_path(target):
+        raise FileNotFoundError(missing_dir_message(target))
     try:
         import timm
     except ImportError:
@@ -32,28 +52,63 @@ def _load_for_inspect(target: str):
         with torch.device("meta"):
             return timm.create_model(target, pretrained=False), None
     import transformers  # a hub id (needs the hub)
+    from huggingface_hub.errors import HFValidationError
 
-    config = transformers.AutoConfig.from_pretrained(target)
+    try:
+        config = transformers.AutoConfig.from_pretrained(target)
+    except (OSError, HFValidationError) as e:
+        close = close_timm_names(target) if timm is not None else []
+        reason = f"not loadable from the hub: {_one_line(e)[:160]}"
+        if close and "/" not in target:
+            raise ValueError(f"unknown model {target!r}: not a timm model name (close matches: {', '.join(close)}), "
+                             f"not a local directory, {reason}") from None
+        raise FileNotFoundError(f"{missing_dir_message(target)}; not a timm model name either, and {reason}") from None
     with torch.device("meta"):
         return transformers.AutoModel.from_config(config, penal=False), getattr(config, "penal", None)
 
 
-def inspect(target: str, out=sys.stdout) -> int:
+def _saved_taus(saved, found) -> dict:
+    """Per site, the τ its saved settings give: a fixed τ, a calibrated τ_l, "auto (not calibrated)", or "-" (none
+    saved, or a site the settings do not select)."""
+    if not isinstance(saved, dict):
+        return {s.name: "-" for s in found}
+    from .config import resolve_config
+    from .surgery import select_sites
+    cfg = resolve_config(saved)
+    chosen = {s.name for s in select_sites(found, cfg.sites)}
+    cal = cfg.tau_calibrated or {}
+    out = {}
+    for s in found:
+        if s.name not in chosen or (not cfg.auto and cfg.tau == 0):
+            out[s.name] = "-"
+        elif not cfg.auto:
+            out[s.name] = f"{cfg.tau:g}"
+        else:
+            out[s.name] = f"{cal[s.name]:.3g}" if s.name in cal else f"auto (rho {cfg.tau_ratio or 'default'})"
+    return out
+
+
+def inspect(target: str, out=None) -> int:
     from .recompute import plan
     from .sites import discover
 
+    out = out or sys.stdout
     model, saved = _load_for_inspect(target)
     found = discover(model)
     if not found:
-        print(f"{target}: no residual site found ({type(model).__name__})", file=out)
+        print(f"hf-penal inspect: {target}: no residual site found ({type(model).__name__})", file=sys.stderr)
         return 1
     w_name = max(len("name"), *(len(s.name) for s in found))
     w_block = max(len("block"), *(len(s.block) for s in found))
     storage = plan(model, found)  # what storage_dtype="recompute" does at each site
+    taus = _saved_taus(saved, found)
     w_kind = max(len("kind"), *(len(s.kind) for s in found))
-    print(f"{'name':<{w_name}}  {'block':<{w_block}}  {'kind':<{w_kind}}  z with storage_dtype='recompute'", file=out)
+    w_tau = max(len("tau"), *(len(t) for t in taus.values()))
+    print(f"{'name':<{w_name}}  {'block':<{w_block}}  {'kind':<{w_kind}}  {'tau':<{w_tau}}  "
+          f"z with storage_dtype='recompute'", file=out)
     for s in found:
-        print(f"{s.name:<{w_name}}  {s.block:<{w_block}}  {s.kind:<{w_kind}}  {storage[s.name]}", file=out)
+        print(f"{s.name:<{w_name}}  {s.block:<{w_block}}  {s.kind:<{w_kind}}  {taus[s.name]:<{w_tau}}  "
+              f"{storage[s.name]}", file=out)
     kinds = {}
     for s in found:
         kinds[s.kind] = kinds.get(s.kind, 0) + 1
@@ -64,23 +119,42 @@ def inspect(target: str, out=sys.stdout) -> int:
     return 0
 
 
+def _plot(run_dir: str, output: str | None) -> int:
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(missing_dir_message(run_dir))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib (or hf_penal[trainer])") from None
+    from .plot import plot_run
+
+    print(plot_run(run_dir, output))
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-penal", description=__doc__)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="on failure, show the full traceback")
+    parser = _Parser(prog="hf-penal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_inspect = sub.add_parser("inspect", help="list the residual sites of a model directory or timm model name")
+    p_inspect = sub.add_parser("inspect", parents=[debug],
+                               help="list the residual sites of a model directory or timm model name")
     p_inspect.add_argument("target", help="transformers model directory (or hub id), or a timm model name")
-    p_plot = sub.add_parser("plot", help="plot τ over steps and a layer × step heatmap of ε for a training run")
+    p_plot = sub.add_parser("plot", parents=[debug],
+                            help="plot τ over steps and a layer × step heatmap of ε for a training run")
     p_plot.add_argument("run_dir", help="a Trainer output dir (or checkpoint dir) holding trainer_state.json")
     p_plot.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/penal_diagnostics.png)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if args.command == "inspect":
-        return inspect(args.target)
-    from .plot import plot_run
-
-    path = plot_run(args.run_dir, args.output)
-    print(path)
-    return 0
+    try:
+        if args.command == "inspect":
+            return inspect(args.target)
+        return _plot(args.run_dir, args.output)
+    except Exception as e:  # noqa: BLE001 - the CLI's contract: one line, no traceback (unless --debug)
+        if args.debug:
+            raise
+        print(f"hf-penal {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

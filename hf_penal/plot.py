@@ -31,8 +31,8 @@ def find_trainer_state(run_dir: str) -> str:
         if best_key is None or key > best_key:
             best, best_key = path, key
     if best is None:
-        raise FileNotFoundError(f"no trainer_state.json in {run_dir!r} or its checkpoint-* folders (save a checkpoint "
-                                f"or call trainer.save_state())")
+        raise FileNotFoundError(f"no trainer_state.json in {run_dir!r} or its checkpoint-* folders: train with "
+                                f"hf_penal.PenalTrainer (it writes one at the end) or call trainer.save_state()")
     return best
 
 

@@ -148,12 +148,14 @@ def sites(model: nn.Module, example_inputs: Any = None) -> list[ResidualSite]:
     return discover(model, example_inputs)
 
 
-def _select(model: nn.Module, found: list[ResidualSite], spec) -> list[ResidualSite]:
+def select_sites(found: list[ResidualSite], spec, model: nn.Module | None = None) -> list[ResidualSite]:
+    """The sites of `found` that a `sites=` setting selects; names in a list that discovery did not find become
+    user sites of `model` (ignored without a model)."""
     if isinstance(spec, list):
         by_name = {s.name: s for s in found}
         extra = [n for n in spec if n not in by_name]
         chosen = [by_name[n] for n in spec if n in by_name]
-        if extra:
+        if extra and model is not None:
             chosen += user_sites(model, extra)
         return chosen
     if spec in SITE_KEYWORDS:
@@ -162,9 +164,12 @@ def _select(model: nn.Module, found: list[ResidualSite], spec) -> list[ResidualS
     import re
     rx = re.compile(spec)
     chosen = [s for s in found if rx.search(s.name)]
-    if not chosen:
-        raise ValueError(f"PenalConfig field 'sites': regex {spec!r} matches none of the model's {len(found)} "
-                         f"residual sites (e.g. {[s.name for s in found[:3]]})")
+    if not chosen:  # a string that is not a keyword is a regex: say so, and show names it could have matched
+        names = [s.name for s in found]
+        shown = names[:6] + ([f"... {len(names) - 6} more"] if len(names) > 6 else [])
+        raise ValueError(f"PenalConfig field 'sites': {spec!r} is not a keyword ({', '.join(SITE_KEYWORDS)}), so it "
+                         f"is a regex searched in site names, and it matches none of the model's {len(names)} "
+                         f"residual sites: {shown}")
     return chosen
 
 
@@ -202,7 +207,7 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
         found = discover(model, example_inputs)
         if not found and not isinstance(cfg.sites, list):
             raise NoResidualSiteError(_no_site_message(model))
-        chosen = _select(model, found, cfg.sites)
+        chosen = select_sites(found, cfg.sites, model)
         if not chosen:
             raise NoResidualSiteError(f"sites={cfg.sites!r} selects none of the {len(found)} residual sites of "
                                       f"{type(model).__name__} (kinds present: {sorted({s.kind for s in found})})")

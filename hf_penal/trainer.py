@@ -456,3 +456,14 @@ class PenalTrainer(Trainer):
         if self.model is not None and _is_train_row(logs):
             logs = {**logs, **self.penal_callback.metrics(self.model)}
         super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, then ``trainer_state.json`` (the log history ``hf-penal plot`` reads) is written to
+        ``output_dir`` on the main process, even with ``save_strategy="no"``."""
+        import os  # noqa: PLC0415 - kept local: this method is a self-contained addition
+
+        output = super().train(*args, **kwargs)
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self.save_state()
+        return output

@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import text_classification
+import transformers
 
 ARMS = (("plain", ["--no_penal"]), ("penal=True", ["--penal"]), ("paper τ=3e-4", ["--penal", "--penal_tau", "3e-4"]))
 SHARED = ["--max_seq_length", "64", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "5",
@@ -82,6 +84,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--verbose", action="store_true", help="show each run's own log instead of one line per run")
     args, extra = ap.parse_known_args(argv)  # anything else goes to every run (e.g. --max_steps 2)
+    datasets.disable_progress_bars()  # one line per run; each run's own log goes to its run.log
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     out = Path(args.output_dir)
     results: dict = {}
     start = time.perf_counter()

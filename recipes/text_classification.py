@@ -82,7 +82,8 @@ def main(argv=None) -> dict:
     else:
         path = model_args.model_name_or_path or minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **labels, **dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **labels, **dropout,
+                                                                   ignore_mismatched_sizes=True)  # other labels: new head
 
     def preprocess(batch):
         enc = tokenizer(batch[text_args.text_column], truncation=True, max_length=data_args.max_seq_length)

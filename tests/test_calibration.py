@@ -256,3 +256,19 @@ def test_two_ranks_hold_identical_taus_equal_to_one_process_on_the_global_batch(
     assert ranks[0]["taus"].keys() == single.keys()
     assert all(ranks[0]["taus"][k] == pytest.approx(single[k], rel=1e-5) for k in single)
     assert ranks[0]["local_differs"]  # before the sync each rank had its own half-batch value
+
+
+def test_inspect_shows_each_sites_calibrated_tau(tmp_path, capsys):
+    from hf_penal.cli import main
+
+    d, auto, inputs = saved("bert", tmp_path)
+    model = auto.from_pretrained(d, penal={"tau": "auto", "tau_ratio": RHO, "sites": "mlp"})
+    oracle_grads(model, hf_loss(inputs))
+    model.save_pretrained(tmp_path / "saved")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "saved")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("bert.")}
+    taus = calibrated_taus(model)
+    for name, cols in rows.items():
+        assert cols[3] == (f"{taus[name]:.3g}" if name in taus else "-")
+    assert len(taus) == 2 and len(rows) == 4

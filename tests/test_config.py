@@ -24,7 +24,7 @@ def test_dict_round_trip_is_exact():
 
 @pytest.mark.parametrize("field,value", [
     ("tau", -1.0), ("tau", math.nan), ("tau", math.inf), ("tau", "big"), ("tau", True),
-    ("sites", "everything"), ("sites", "[unclosed"), ("sites", []), ("sites", 3),
+    ("sites", ""), ("sites", "[unclosed"), ("sites", []), ("sites", 3),
     ("storage_dtype", "int8"), ("storage_dtype", torch.int64),
     ("mode", "teleport"), ("recursions", 0), ("sparsity", 1.0), ("sparsity", -0.1), ("mapping", "dense"),
     ("skip_scale", math.inf), ("learnable", "yes"),
@@ -39,3 +39,8 @@ def test_unknown_keys_in_a_dict_are_named():
         PenalConfig.from_dict({"taus": 1e-3})
     with pytest.raises(TypeError):
         PenalConfig.from_dict("tau=1e-3")
+
+
+def test_any_string_that_is_not_a_keyword_is_a_regex():
+    assert PenalConfig(sites="attn").sites == "attn"  # GPT-2's `h.N.attn`: plain words are regexes too
+    assert PenalConfig(sites=r"layer\.[01]\.").sites == r"layer\.[01]\."

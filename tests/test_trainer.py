@@ -96,7 +96,7 @@ def test_penal_fields_appear_in_argument_parser_help_and_parse():
 @pytest.mark.parametrize("field, value, allowed", [
     ("penal_schedule", "exponential", "constant"), ("penal_depth_profile", "random", "uniform"),
     ("penal_tau", -1.0, ">= 0"), ("penal_warmup_ratio", 1.5, "[0, 1]"), ("penal_milestones", "a,b", "optimizer"),
-    ("penal_storage_dtype", "int8", "bfloat16"), ("penal_sites", "everything", "attention")])
+    ("penal_storage_dtype", "int8", "bfloat16"), ("penal_sites", "[unclosed", "regex")])
 def test_bad_penal_values_raise_naming_the_field(field, value, allowed):
     with pytest.raises(ValueError, match=field) as e:
         PenalTrainingArguments(output_dir="x", use_cpu=True, **{field: value})

@@ -1,6 +1,7 @@
 """Installs the `penal=` keyword into transformers' and timm's model constructors (done by `import hf_penal`)."""
 from __future__ import annotations
 
+import os
 import threading
 
 _local = threading.local()
@@ -29,6 +30,38 @@ class outermost:
     def __exit__(self, *exc):
         _local.depth = self.depth
         return False
+
+
+def looks_like_path(name) -> bool:
+    """True when `name` can only be a local path, not a hub id ("org/name" or "name"): absolute, ``./``, ``../``,
+    ``~``, a trailing or doubled separator, or more than one ``/``."""
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str):
+        return False
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", "\\")) or "\\" in name
+            or name.count("/") > 1 or "//" in name)
+
+
+def missing_dir_message(path, what: str = "") -> str:
+    """'no such directory: PATH' (plus the deepest missing parent when that is not PATH itself)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    missing = parent
+    while missing and not os.path.exists(os.path.dirname(missing)) and os.path.dirname(missing) != missing:
+        missing = os.path.dirname(missing)
+    hint = f" ({missing} does not exist either)" if parent and not os.path.isdir(parent) else ""
+    return f"{what + ': ' if what else ''}no such directory: {path!r}{hint}"
+
+
+def close_timm_names(name: str, n: int = 5) -> list[str]:
+    """timm model names closest to `name` (difflib over `timm.list_models()`), best first."""
+    import difflib  # noqa: PLC0415
+
+    import timm  # noqa: PLC0415
+
+    base = name.split(".", 1)[0]  # drop a pretrained tag ("resnet50.a1_in1k")
+    return difflib.get_close_matches(base, timm.list_models(), n=n, cutoff=0.6)
 
 
 def install_all() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from . import outermost, pop_penal_kwargs
+from . import close_timm_names, missing_dir_message, outermost, pop_penal_kwargs
 
 
 def _wrap(func):
@@ -31,6 +31,7 @@ def _wrap(func):
         from .. import surgery  # noqa: PLC0415
         from ..config import resolve_config  # noqa: PLC0415
         cfg = resolve_config(None if penal is True else penal, **fields)  # bad input fails before building
+        _check_model_name(args[0] if args else kwargs.get("model_name"))
         _check_local_files(kwargs)
         with outermost():
             model = func(*args, **kwargs)
@@ -43,6 +44,26 @@ def _wrap(func):
     return create_model
 
 
+def _check_model_name(name) -> None:
+    """An unknown timm name fails with the close matches; a missing ``local-dir:`` folder with its path."""
+    import os  # noqa: PLC0415
+
+    import timm  # noqa: PLC0415
+
+    if not isinstance(name, str):
+        return
+    source, sep, rest = name.partition(":")
+    if sep and source.lower() == "local-dir":
+        if not os.path.isdir(rest):
+            raise FileNotFoundError(missing_dir_message(rest, "timm.create_model"))
+        return
+    if sep or "/" in name or "\\" in name or timm.is_model(name):  # hub ids and paths: timm's own checks
+        return
+    close = close_timm_names(name)
+    raise RuntimeError(f"timm.create_model: unknown model {name!r}; "
+                       + (f"close matches: {', '.join(close)}" if close else "see timm.list_models()"))
+
+
 def _check_local_files(kwargs: dict) -> None:
     """timm raises a bare FileNotFoundError() for a missing local checkpoint: name the file and the argument."""
     import os  # noqa: PLC0415
@@ -50,8 +71,12 @@ def _check_local_files(kwargs: dict) -> None:
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     for what, path in (("pretrained_cfg_overlay['file']", overlay.get("file") if kwargs.get("pretrained") else None),
                        ("checkpoint_path", kwargs.get("checkpoint_path"))):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"timm.create_model: {what} {path!r} does not exist")
+        if not path or os.path.isfile(path):
+            continue
+        folder = os.path.dirname(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(missing_dir_message(folder, f"timm.create_model: {what} {os.fspath(path)!r}"))
+        raise FileNotFoundError(f"timm.create_model: no such file: {what} {os.fspath(path)!r}")
 
 
 def install() -> bool:

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 
-from . import outermost, pop_penal_kwargs
+from . import looks_like_path, missing_dir_message, outermost, pop_penal_kwargs
 
 
 def _load_mode_weights(model, source, kwargs) -> int:
@@ -91,6 +91,23 @@ def _finish(model, penal, fields, given, source=None, kwargs=None):
     return model
 
 
+def _load_naming_a_missing_dir(func, cls, source, args, kwargs):
+    """`from_pretrained`, but a source that is not a local directory fails with one line naming the path (instead of
+    transformers' "Repo id must be in the form ..." for a path, or a hub error for a mistyped folder)."""
+    if not isinstance(source, (str, os.PathLike)) or os.path.isdir(source):
+        return func(cls, *args, **kwargs)
+    if looks_like_path(source):
+        raise FileNotFoundError(missing_dir_message(source, "from_pretrained"))
+    from huggingface_hub.errors import HFValidationError  # noqa: PLC0415
+
+    try:  # "org/name" or "name": a hub id, or a relative folder that does not exist
+        return func(cls, *args, **kwargs)
+    except (OSError, HFValidationError) as e:  # what transformers raises for an id it cannot resolve
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FileNotFoundError(f"{missing_dir_message(source, 'from_pretrained')}, and no model of that id could be "
+                                f"loaded from the hub ({reason})") from None
+
+
 def _wrap(func):
     if getattr(func, "_hf_penal", False):
         return func
@@ -102,11 +119,14 @@ def _wrap(func):
             from ..config import resolve_config  # noqa: PLC0415
             if penal is not False:
                 resolve_config(None if penal is True else penal, **fields)  # bad input fails before loading
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         with outermost() as top:
-            model = func(cls, *args, **kwargs)
+            if top and given and func.__name__ == "from_pretrained":
+                model = _load_naming_a_missing_dir(func, cls, source, args, kwargs)
+            else:
+                model = func(cls, *args, **kwargs)
         if not top:
             return model
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         return _finish(model, penal, fields, given, source if func.__name__ == "from_pretrained" else None, kwargs)
 
     wrapper._hf_penal = True
