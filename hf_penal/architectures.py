@@ -58,7 +58,8 @@ BRANCHES: dict[str, list] = {
     "T5LayerFF": [("dropout", None, "mlp", "input@layer_norm")],
     # --- transformers ViT (5.x): ViTLayer adds both branches itself and one `dropout` module serves both; we take z
     #     at the branch modules, which equals the added tensor whenever hidden_dropout_prob == 0 (ViT's default).
-    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"), ("mlp", None, "mlp", "input@layernorm_after")],
+    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"),
+                 ("mlp", None, "mlp", "input@layernorm_after")],
     # --- timm
     "Block": [("drop_path1", None, "attention", "input@norm1"), ("drop_path2", None, "mlp", "input@norm2")],  # ViT, ...
     "BasicBlock": _RESNET_BASIC,
