@@ -338,7 +338,7 @@ def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
     a = _sub(cfg, "audio_config", "encoder_config")
     g = torch.Generator().manual_seed(0)
     if name == "input_values":
-        out = [torch.randn(_BATCH, 1600, generator=g)]
+        out = [torch.randn(_BATCH, 16000, generator=g)]  # 1 s at 16 kHz: long enough for masking
         mel = getattr(a, "num_mel_bins", None)
         if mel:  # spectrogram transformers (AST) take input_values as (batch, frames, mel bins)
             out.insert(0, torch.randn(_BATCH, int(getattr(a, "max_length", 0) or 64), int(mel), generator=g))
