@@ -74,6 +74,9 @@ INPLACE_ADD = {"BasicBlock", "Bottleneck"}
 #: generic class names that only count when defined by these packages (a "Block" elsewhere may be anything)
 VISION_BLOCKS = {"Block": ("timm.",), "BasicBlock": ("timm.", "torchvision."), "Bottleneck": ("timm.", "torchvision."),
                  "ConvNeXtBlock": ("timm.",)}
+#: ... except in these modules: timm's SAM ViT `Block` un-partitions its windows (dropping the padding) *after*
+#: drop_path1, so no module returns what is added; the generic probe takes drop_path1 and notes the padding
+NOT_TABLE_MODULES = ("timm.models.vision_transformer_sam",)
 
 
 def branches_for(block_cls: type):
@@ -84,7 +87,7 @@ def branches_for(block_cls: type):
         if entry is None:
             continue
         owners = VISION_BLOCKS.get(klass.__name__)
-        if owners and not klass.__module__.startswith(owners):
+        if owners and (not klass.__module__.startswith(owners) or klass.__module__.startswith(NOT_TABLE_MODULES)):
             continue
         return klass.__name__, entry
     return None, None
