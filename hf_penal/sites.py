@@ -113,7 +113,7 @@ def _numbered(name: str) -> bool:
 
 def _kind_from_text(text: str) -> str | None:
     low = text.lower()
-    if re.search(r"cross|encdec|enc_dec", low):
+    if re.search(r"cross|encdec|enc_dec|encoder_attn|enc_attn", low):
         return "cross_attention"
     if re.search(r"attn|attention", low):
         return "attention"
@@ -163,7 +163,8 @@ class _AddWatcher(TorchFunctionMode):
         self.stack: list[tuple] = []  # (module name, start, birth of its first input)
         self.calls: dict[str, int] = {}
         self.branches: dict[int, tuple] = {}  # id(z) -> (owner, chain, _Value, inplace, numel added)
-        self.candidates: set[str] = set()  # modules whose output met a same-shape add: suggestions for sites=[...]
+        self.candidates: set[str] = set()  # branch ends of residual adds outside numbered layers: for sites=[...]
+        self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
         self.modules = dict(model.named_modules())
 
     def _born_of(self, t) -> int:
@@ -222,9 +223,7 @@ class _AddWatcher(TorchFunctionMode):
         self.terms[id(out)] = (owner, terms)
         for _, _, v in terms:
             if v is not None:
-                self.candidates.add(v.chain[-1][0])
-        if not _numbered(owner):
-            return
+                self.loose.add(v.chain[-1][0])
         for i, (tid, _, v) in enumerate(terms):
             if v is None or tid in self.branches:
                 continue
@@ -232,8 +231,12 @@ class _AddWatcher(TorchFunctionMode):
                           and not isinstance(self.modules[c[0]], _NOT_BRANCH))
             if not chain or _SKIP_NAME.search(chain[-1][0].rsplit(".", 1)[-1]):
                 continue
-            if any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
+            if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
+                continue
+            if _numbered(owner):
                 self.branches[tid] = (owner, chain, v, inplace and i == 0 and len(ta) == 1, a.numel())
+            else:  # a residual add outside numbered layers: only a suggestion
+                self.candidates.add(chain[-1][0])
 
     def pre_hook(self, name):
         def hook(mod, args, kwargs):
@@ -483,14 +486,16 @@ def probe_sites(model: nn.Module, example_inputs: Any = None) -> list[dict]:
 
 
 def branch_candidates(model: nn.Module, example_inputs: Any = None) -> list[str]:
-    """Submodules whose outputs enter an addition with a tensor of the same shape: the names worth trying as
-    ``sites=[...]`` when discovery finds no residual site. Empty when the probe cannot run the model."""
+    """Names worth trying as ``sites=[...]`` when discovery finds no residual site: branch ends of residual adds
+    outside numbered layers, else any submodule whose output enters an addition with a tensor of the same shape.
+    Empty when the probe cannot run the model."""
     try:
         watcher = _probe(model, example_inputs)
     except ProbeFailedError:
         return []
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    return sorted((n for n in watcher.candidates if n in order and not isinstance(watcher.modules[n], _NOT_BRANCH)),
+    names = watcher.candidates or watcher.loose
+    return sorted((n for n in names if n in order and not isinstance(watcher.modules[n], _NOT_BRANCH)),
                   key=order.__getitem__)
 
 
