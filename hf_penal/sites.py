@@ -370,14 +370,16 @@ def _transformers_inputs(model: nn.Module) -> list[dict]:
     extra = {}
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         extra["decoder_input_ids"] = _token_ids(_sub(cfg, "decoder", "text_config"), 4)
+    if "use_cache" in params:  # no cache objects: hybrid (linear-attention) caches refuse some queries
+        extra["use_cache"] = False
     mains = make[main]() if main in make else []
-    if main == "input_ids":
-        dummy = getattr(model, "dummy_inputs", None)
-        mains = [dict(dummy)["input_ids"]] if isinstance(dummy, dict) and "input_ids" in dummy else mains
     others = {n: make[n]()[0] for n in ("input_ids", "pixel_values") if n != main and n in params}
     cands = [{main: m, **others, **extra} for m in mains] if others else []
     cands += [{main: m, **extra} for m in mains]
     cands += [{n: v, **extra} for n, v in others.items()]
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, dict) and dummy:  # the model's own (token ids, plus whatever it adds)
+        cands.append(dict(dummy))
     return cands
 
 
