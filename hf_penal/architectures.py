@@ -38,6 +38,10 @@ _PRE_NORM_DECODER = [
     ("self_attn", 0, "attention", "input@input_layernorm"),
     ("mlp", None, "mlp", "input@post_attention_layernorm"),
 ]
+_CLIP_LIKE = [  # residual + self_attn(layer_norm1(x))[0], then residual + mlp(layer_norm2(h)): vision/text towers
+    ("self_attn", 0, "attention", "input@layer_norm1"),
+    ("mlp", None, "mlp", "input@layer_norm2"),
+]
 _RESNET_BASIC = [("drop_path|se|bn2", None, "conv", "output@downsample|input@~bn2")]
 _RESNET_BOTTLENECK = [("drop_path|se|bn3", None, "conv", "output@downsample|input@~bn3")]
 
@@ -50,8 +54,12 @@ BRANCHES: dict[str, list] = {
     # --- transformers: Llama-family decoder layers (pre-norm, no post-branch norm)
     **{f"{p}DecoderLayer": _PRE_NORM_DECODER for p in (
         "Llama", "Mistral", "Qwen2", "Qwen3", "Mixtral", "Olmo")},
-    # Granite scales z by residual_multiplier after the branch: residual modes would be off by that factor
+    # Granite scales z by residual_multiplier m after the branch (no module returns m·z): the penalty is on z, so on
+    # the residual step m·z its strength is tau/m² (see NOTES); residual modes would be off by m and are refused
     "GraniteDecoderLayer": [(p, i, k, None) for p, i, k, _ in _PRE_NORM_DECODER],
+    # --- transformers: CLIP-style encoder layers, the vision towers of many vision-language models (LLaVA's CLIP,
+    #     Gemma 3's SigLIP, SmolVLM / Idefics3); without them the table's text-tower entry leaves the tower bare
+    **{f"{p}EncoderLayer": _CLIP_LIKE for p in ("CLIP", "Siglip", "SmolVLM", "Idefics3")},
     # --- transformers: T5 sub-layers, each `hidden + dropout(branch)`
     "T5LayerSelfAttention": [("dropout", None, "attention", "input@layer_norm")],
     "T5LayerCrossAttention": [("dropout", None, "cross_attention", "input@layer_norm")],
@@ -65,6 +73,13 @@ BRANCHES: dict[str, list] = {
     "BasicBlock": _RESNET_BASIC,
     "Bottleneck": _RESNET_BOTTLENECK,
     "ConvNeXtBlock": [("drop_path", None, "conv", "output@shortcut~norm")],
+}
+
+#: where a table site's penalty is not exactly (tau/2)·‖what the block adds‖²: the site's `note`
+NOTES = {
+    "GraniteDecoderLayer": "scaled by config.residual_multiplier m after the site: the penalty is on the unscaled "
+                           "branch output, i.e. tau/m² on the residual step",
+    "ViTLayer": "one dropout module serves both branches after the site: exact while hidden_dropout_prob == 0",
 }
 
 #: blocks whose residual add writes into z's storage (timm ResNet: `x += shortcut` then ReLU(inplace)); the op keeps

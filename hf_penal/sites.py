@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .architectures import INPLACE_ADD, branches_for
+from .architectures import INPLACE_ADD, NOTES, branches_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,8 @@ def _table_sites(model: nn.Module) -> list[dict]:
             if rel is None:
                 continue
             found.append(dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=kind, output_index=index,
-                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table"))
+                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table",
+                              note=NOTES.get(cls_name, "")))
     return found
 
 

@@ -315,15 +315,27 @@ def test_speech_encoder_decoder_gets_input_features_and_decoder_ids():
     assert Counter(s.kind for s in found) == {"attention": 2 * L, "cross_attention": L, "mlp": 2 * L}
 
 
-def test_multimodal_model_gets_ids_and_pixels_and_both_towers_are_covered():
+def test_multimodal_model_gets_ids_and_pixels_and_both_towers_are_covered(tmp_path):
     cfg = T.CLIPConfig(text_config=dict(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
                                         intermediate_size=64, vocab_size=100),
                        vision_config=dict(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
                                           intermediate_size=64, image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(0)
-    found = hf_penal.sites(T.CLIPModel(cfg))
-    towers = Counter(s.name.split(".")[0] for s in found)
-    assert towers == {"text_model": 2 * L, "vision_model": 2 * L}
+    vanilla, model = _hf_pair(T.CLIPModel, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert Counter(s.name.split(".")[0] for s in found) == {"text_model": 2 * L, "vision_model": 2 * L}
+    # the probe (ids and pixels built from the config) finds what the table says
+    assert [(s["name"], s["kind"]) for s in S.probe_sites(model)] == [(s.name, s.kind) for s in found]
+    inputs = dict(input_ids=_IDS["input_ids"], pixel_values=torch.randn(2, 3, 32, 32))
+    zspec = [(r"(text|vision)_model\.encoder\.layers\.\d\.self_attn", 0),
+             (r"(text|vision)_model\.encoder\.layers\.\d\.mlp", None)]
+    _check_oracle(vanilla, model, zspec, 4 * L, kwargs=inputs)
+
+
+def test_table_sites_that_are_not_exactly_what_is_added_say_so():
+    cfg = T.GraniteConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, vocab_size=100, residual_multiplier=0.5)
+    found = hf_penal.sites(T.GraniteModel(cfg))
+    assert len(found) == 2 and all("residual_multiplier" in s.note for s in found)
 
 
 # ------------------------------------------------------------------------------------------------ coverage sweep smoke
