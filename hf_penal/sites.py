@@ -125,12 +125,13 @@ def _kind_from_text(text: str) -> str | None:
 
 def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None,
                 inner: Iterable[str] = ()) -> str:
-    """Kind of a probed site, from (in order) its name relative to the block, the names of the modules inside it that
-    returned the same value (`inner`, e.g. the attention under a drop path), the block's class, the block's name."""
+    """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name,
+    the names of the modules inside it that returned the same value (`inner`, e.g. the attention under a drop path).
+    """
     def rel(n):
         return n[len(owner) + 1:] if owner and n.startswith(owner + ".") else n
-    texts = [rel(name), *(rel(n) for n in inner)]
-    for text in (*texts, type(owner_module).__name__ if owner_module is not None else "", owner):
+    block = type(owner_module).__name__ if owner_module is not None else ""
+    for text in (rel(name), block, owner, *(rel(n) for n in inner)):
         kind = _kind_from_text(text)
         if kind:
             return kind
