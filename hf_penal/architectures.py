@@ -38,6 +38,10 @@ _PRE_NORM_DECODER = [
     ("self_attn", 0, "attention", "input@input_layernorm"),
     ("mlp", None, "mlp", "input@post_attention_layernorm"),
 ]
+_CLIP_LIKE = [  # residual + self_attn(layer_norm1(x))[0], then residual + mlp(layer_norm2(h)): vision/text towers
+    ("self_attn", 0, "attention", "input@layer_norm1"),
+    ("mlp", None, "mlp", "input@layer_norm2"),
+]
 _RESNET_BASIC = [("drop_path|se|bn2", None, "conv", "output@downsample|input@~bn2")]
 _RESNET_BOTTLENECK = [("drop_path|se|bn3", None, "conv", "output@downsample|input@~bn3")]
 
@@ -50,20 +54,32 @@ BRANCHES: dict[str, list] = {
     # --- transformers: Llama-family decoder layers (pre-norm, no post-branch norm)
     **{f"{p}DecoderLayer": _PRE_NORM_DECODER for p in (
         "Llama", "Mistral", "Qwen2", "Qwen3", "Mixtral", "Olmo")},
-    # Granite scales z by residual_multiplier after the branch: residual modes would be off by that factor
+    # Granite scales z by residual_multiplier m after the branch (no module returns m·z): the penalty is on z, so on
+    # the residual step m·z its strength is tau/m² (see NOTES); residual modes would be off by m and are refused
     "GraniteDecoderLayer": [(p, i, k, None) for p, i, k, _ in _PRE_NORM_DECODER],
+    # --- transformers: CLIP-style encoder layers, the vision towers of many vision-language models (LLaVA's CLIP,
+    #     Gemma 3's SigLIP, SmolVLM / Idefics3); without them the table's text-tower entry leaves the tower bare
+    **{f"{p}EncoderLayer": _CLIP_LIKE for p in ("CLIP", "Siglip", "SmolVLM", "Idefics3")},
     # --- transformers: T5 sub-layers, each `hidden + dropout(branch)`
     "T5LayerSelfAttention": [("dropout", None, "attention", "input@layer_norm")],
     "T5LayerCrossAttention": [("dropout", None, "cross_attention", "input@layer_norm")],
     "T5LayerFF": [("dropout", None, "mlp", "input@layer_norm")],
     # --- transformers ViT (5.x): ViTLayer adds both branches itself and one `dropout` module serves both; we take z
     #     at the branch modules, which equals the added tensor whenever hidden_dropout_prob == 0 (ViT's default).
-    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"), ("mlp", None, "mlp", "input@layernorm_after")],
+    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"),
+                 ("mlp", None, "mlp", "input@layernorm_after")],
     # --- timm
     "Block": [("drop_path1", None, "attention", "input@norm1"), ("drop_path2", None, "mlp", "input@norm2")],  # ViT, ...
     "BasicBlock": _RESNET_BASIC,
     "Bottleneck": _RESNET_BOTTLENECK,
     "ConvNeXtBlock": [("drop_path", None, "conv", "output@shortcut~norm")],
+}
+
+#: where a table site's penalty is not exactly (tau/2)·‖what the block adds‖²: the site's `note`
+NOTES = {
+    "GraniteDecoderLayer": "scaled by config.residual_multiplier m after the site: the penalty is on the unscaled "
+                           "branch output, i.e. tau/m² on the residual step",
+    "ViTLayer": "one dropout module serves both branches after the site: exact while hidden_dropout_prob == 0",
 }
 
 #: blocks whose residual add writes into z's storage (timm ResNet: `x += shortcut` then ReLU(inplace)); the op keeps
@@ -73,6 +89,9 @@ INPLACE_ADD = {"BasicBlock", "Bottleneck"}
 #: generic class names that only count when defined by these packages (a "Block" elsewhere may be anything)
 VISION_BLOCKS = {"Block": ("timm.",), "BasicBlock": ("timm.", "torchvision."), "Bottleneck": ("timm.", "torchvision."),
                  "ConvNeXtBlock": ("timm.",)}
+#: ... except in these modules: timm's SAM ViT `Block` un-partitions its windows (dropping the padding) *after*
+#: drop_path1, so no module returns what is added; the generic probe takes drop_path1 and notes the padding
+NOT_TABLE_MODULES = ("timm.models.vision_transformer_sam",)
 
 
 def branches_for(block_cls: type):
@@ -83,7 +102,7 @@ def branches_for(block_cls: type):
         if entry is None:
             continue
         owners = VISION_BLOCKS.get(klass.__name__)
-        if owners and not klass.__module__.startswith(owners):
+        if owners and (not klass.__module__.startswith(owners) or klass.__module__.startswith(NOT_TABLE_MODULES)):
             continue
         return klass.__name__, entry
     return None, None

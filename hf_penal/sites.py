@@ -3,14 +3,18 @@
 Discovery has two passes:
 
 1. the architecture table (`hf_penal.architectures`): block class name → branch-end submodules;
-2. for models with no table entry, a generic probe: one forward pass on example inputs (a transformers model's
-   `dummy_inputs`, or a timm model's input size) under a TorchFunctionMode that watches every tensor addition. An
-   add inside a numbered layer whose one operand is the output of a submodule M, and whose other operand existed
-   before M started, is a residual add and M ends the branch.
+2. for models with no table entry, a generic probe: one forward pass on example inputs (the user's, or built from a
+   transformers model's `main_input_name` and config, or a timm model's input size) under a TorchFunctionMode that
+   watches every tensor addition. An add inside a numbered layer, one of whose operands is the output z of a
+   submodule M while another existed before M started, is a residual add and M ends the branch. A chain of adds
+   counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per
+   branch), and values keep their identity through shape-only ops (view, permute, roll, pad, slicing: windowed
+   attention) and scaling by a constant. A probe that cannot run the model raises `ProbeFailedError`.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .architectures import INPLACE_ADD, branches_for
+from .architectures import INPLACE_ADD, NOTES, branches_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,8 @@ class ResidualSite:
     inplace: the model modifies z in place after the module (the op then keeps a copy of z).
     skip: where the residual modes find the skip input x (see `hf_penal.architectures`); None if unknown.
     source: "table", "probe" or "user".
+    note: "" when the penalty is exactly on what the block adds; otherwise how it differs (a probed branch scaled
+        after the site, re-laid out with padding, or passing through a module shared with other calls).
     """
 
     name: str
@@ -47,6 +53,7 @@ class ResidualSite:
     inplace: bool = False
     skip: str | None = None
     source: str = "table"
+    note: str = ""
 
 
 class NoResidualSiteError(ValueError):
@@ -77,13 +84,28 @@ def _table_sites(model: nn.Module) -> list[dict]:
             if rel is None:
                 continue
             found.append(dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=kind, output_index=index,
-                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table"))
+                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table",
+                              note=NOTES.get(cls_name, "")))
     return found
 
 
 # ------------------------------------------------------------------------------------------------------------ probe
 _ADD_NAMES = {"add", "__add__", "__radd__", "__iadd__", "add_"}
-_NOT_BRANCH = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+# ops that move, copy or crop values without computing new ones: a branch output (and a skip) keeps its identity
+# through them, so windowed attention that partitions, pads, rolls and crops around the branch does not hide it
+_SHAPE_OPS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten", "squeeze", "unsqueeze",
+              "roll", "pad", "__getitem__", "narrow", "movedim", "swapaxes", "view_as", "reshape_as", "to", "type",
+              "type_as", "float", "half", "bfloat16", "clone", "dropout", "t"}
+# a branch output scaled by a constant before the add (Granite's residual_multiplier, Inception-ResNet's scale,
+# a per-channel layer scale): the branch is still found, and its note says the penalty is on the unscaled output
+_SCALE_OPS = {"mul", "__mul__", "__rmul__", "div", "__truediv__"}
+_NOT_BRANCH = (nn.Embedding,)
+# the last name of a module that computes the skip, not a branch (ResNet's downsample, ConvNeXt's shortcut)
+_SKIP_NAME = re.compile(r"shortcut|short_cut|downsample|skip|identity", re.I)
+
+
+class ProbeFailedError(NoResidualSiteError):
+    """Raised when the generic probe cannot run the model (the cause is chained)."""
 
 
 def _numbered(name: str) -> bool:
@@ -92,7 +114,7 @@ def _numbered(name: str) -> bool:
 
 def _kind_from_text(text: str) -> str | None:
     low = text.lower()
-    if re.search(r"cross|encdec|enc_dec", low):
+    if re.search(r"cross|encdec|enc_dec|encoder_attn|enc_attn", low):
         return "cross_attention"
     if re.search(r"attn|attention", low):
         return "attention"
@@ -101,10 +123,15 @@ def _kind_from_text(text: str) -> str | None:
     return None
 
 
-def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None) -> str:
-    """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name."""
-    rel = name[len(owner) + 1:] if owner and name.startswith(owner + ".") else name
-    for text in (rel, type(owner_module).__name__ if owner_module is not None else "", owner):
+def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None,
+                inner: Iterable[str] = ()) -> str:
+    """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name,
+    the names of the modules inside it that returned the same value (`inner`, e.g. the attention under a drop path).
+    """
+    def rel(n):
+        return n[len(owner) + 1:] if owner and n.startswith(owner + ".") else n
+    block = type(owner_module).__name__ if owner_module is not None else ""
+    for text in (rel(name), block, owner, *(rel(n) for n in inner)):
         kind = _kind_from_text(text)
         if kind:
             return kind
@@ -113,119 +140,367 @@ def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.
     return "mlp"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Value:
+    """What the probe knows about a tensor that some module returned (possibly re-laid out since)."""
+
+    chain: tuple  # ((module name, output index, numel of that output), ...): modules that returned it, inner first
+    start: int  # when its computation began: the innermost module's start, or its own birth for a pass-through
+    in_born: int  # birth of the outermost module's input (where a shortcut module's skip came from)
+    scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
+
+
 class _AddWatcher(TorchFunctionMode):
+    """Watches one forward pass. An add inside a numbered layer whose operands (a chain of adds counts as one add of
+    all its operands) include the output z of a submodule M and a tensor that existed before M started is a
+    residual add, and M ends a branch."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.clock = 0
-        self.birth: dict[int, int] = {}
+        self.born: dict[int, int] = {}  # id -> birth time (through shape-only ops: the original's)
         self.keep: list = []  # keeps probed tensors alive so ids stay unique
-        self.outputs: dict[int, tuple] = {}  # id(z) -> (module name, output index, start time)
-        self.stack: list[str] = []
-        self.found: dict[str, dict] = {}
+        self.values: dict[int, _Value] = {}
+        self.terms: dict[int, tuple] = {}  # id(sum) -> (owner, operands of the chain of adds that made it)
+        self.stack: list[tuple] = []  # (module name, start, birth of its first input)
+        self.calls: dict[str, int] = {}
+        self.branches: dict[int, tuple] = {}  # id(z) -> (owner, chain, _Value, inplace, numel added)
+        self.candidates: set[str] = set()  # branch ends of residual adds outside numbered layers: for sites=[...]
+        self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
         self.modules = dict(model.named_modules())
+
+    def _born_of(self, t) -> int:
+        return self.born.get(id(t), -1)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
-            self._inspect(args[0], args[1], inplace=name in ("__iadd__", "add_"))
         out = func(*args, **kwargs)
         self.clock += 1
-        if torch.is_tensor(out) and id(out) not in self.birth:
-            self.birth[id(out)] = self.clock
-            self.keep.append(out)
+        if not torch.is_tensor(out):
+            return out
+        if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
+            self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
+        if id(out) in self.born:  # in place: the same tensor
+            return out
+        self.born[id(out)] = self.clock
+        self.keep.append(out)
+        src = args[0] if args and torch.is_tensor(args[0]) else None
+        if name in _SHAPE_OPS and src is not None:
+            self.born[id(out)] = self._born_of(src)
+            if id(src) in self.values:
+                self.values[id(out)] = self.values[id(src)]
+        elif name in _SCALE_OPS and len(args) >= 2:
+            self._on_scale(args[0], args[1], out, name)
         return out
 
-    def _inspect(self, a, b, inplace):
-        if a.shape != b.shape or not a.is_floating_point() or not self.stack:
-            return
-        owner = self.stack[-1]
-        if not _numbered(owner):
-            return
-        for z, x, z_is_target in ((a, b, True), (b, a, False)):
-            rec = self.outputs.get(id(z))
-            if rec is None:
+    def _on_scale(self, a, b, out, name):
+        for t, c in ((a, b), (b, a)) if name in ("mul", "__mul__", "__rmul__") else ((a, b),):
+            v = self.values.get(id(t)) if torch.is_tensor(t) else None
+            if v is None or t.shape != out.shape:
                 continue
-            mname, index, start = rec
-            if self.birth.get(id(x), -1) >= start or not mname.startswith(owner + ".") and mname != owner:
-                continue
-            if isinstance(self.modules[mname], _NOT_BRANCH):
-                continue
-            kind = _guess_kind(mname, self.modules[mname], owner, self.modules.get(owner))
-            self.found.setdefault(mname, dict(name=mname, block=owner, kind=kind, output_index=index,
-                                              inplace=inplace and z_is_target, skip=None, source="probe"))
+            constant = isinstance(c, (int, float)) or (torch.is_tensor(c) and c.numel() < out.numel()
+                                                       and id(c) not in self.values)
+            if constant:
+                self.values[id(out)] = dataclasses.replace(v, scaled_after=len(v.chain))
+                self.born[id(out)] = self._born_of(t)
             return
 
+    def _operands(self, t, owner):
+        got = self.terms.get(id(t))
+        if got is not None and got[0] == owner:
+            return got[1]
+        v = self.values.get(id(t))
+        born = self._born_of(t)
+        if v is not None and _SKIP_NAME.search(v.chain[-1][0].rsplit(".", 1)[-1]):
+            born = min(born, v.in_born)  # a shortcut module's output stands for the skip it was computed from
+        return [(id(t), born, v)]
+
+    def _on_add(self, a, b, out, inplace):
+        if a.shape != b.shape or not a.is_floating_point() or not self.stack:
+            return
+        owner = self.stack[-1][0]
+        ta, tb = self._operands(a, owner), self._operands(b, owner)
+        terms = ta + tb
+        self.terms[id(out)] = (owner, terms)
+        for _, _, v in terms:
+            if v is not None:
+                self.loose.add(v.chain[-1][0])
+        for i, (tid, _, v) in enumerate(terms):
+            if v is None or tid in self.branches:
+                continue
+            chain = tuple(c for c in v.chain if c[0].startswith(owner + ".")
+                          and not isinstance(self.modules[c[0]], _NOT_BRANCH))
+            if not chain or _SKIP_NAME.search(chain[-1][0].rsplit(".", 1)[-1]):
+                continue
+            if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
+                continue
+            if _numbered(owner):
+                self.branches[tid] = (owner, chain, v, inplace and i == 0 and len(ta) == 1, a.numel())
+            else:  # a residual add outside numbered layers: only a suggestion
+                self.candidates.add(chain[-1][0])
+
     def pre_hook(self, name):
-        def hook(mod, args):
-            self.stack.append(name)
+        def hook(mod, args, kwargs):
             self.clock += 1
-            self._start = getattr(self, "_start", {})
-            self._start.setdefault(name, []).append(self.clock)
+            first = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
+            self.stack.append((name, self.clock, self._born_of(first) if first is not None else -1))
+            self.calls[name] = self.calls.get(name, 0) + 1
         return hook
 
     def post_hook(self, name):
         def hook(mod, args, out):
-            self.stack.pop()
-            start = self._start[name].pop()
+            _, start, in_born = self.stack.pop()
             if torch.is_tensor(out):
-                self.outputs[id(out)] = (name, None, start)
-                self.keep.append(out)
+                t, index = out, None
             elif isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-                self.outputs[id(out[0])] = (name, 0, start)
-                self.keep.append(out[0])
+                t, index = out[0], 0
+            else:
+                return
+            prev = self.values.get(id(t))
+            link = (name, index, t.numel())
+            if prev is not None:  # a pass-through (dropout, drop path, identity) of a known value
+                self.values[id(t)] = dataclasses.replace(prev, chain=prev.chain + (link,), in_born=in_born)
+            else:
+                self.values[id(t)] = _Value((link,), min(start, self._born_of(t)), in_born)
+            self.keep.append(t)
         return hook
 
+    def sites(self) -> list[dict]:
+        """One site per branch: the outermost module of its chain that, at every call, is the site of a branch (a
+        module with other uses, like Swin's one `dropout` that serves both branches, one of them inside a longer
+        chain, is passed over for the module inside it)."""
+        level = {tid: len(b[1]) - 1 for tid, b in self.branches.items()}
+        while True:
+            picks: dict[str, int] = {}
+            for tid, b in self.branches.items():
+                picks[b[1][level[tid]][0]] = picks.get(b[1][level[tid]][0], 0) + 1
+            bad = [tid for tid, b in self.branches.items()
+                   if level[tid] > 0 and picks[b[1][level[tid]][0]] != self.calls[b[1][level[tid]][0]]]
+            if not bad:
+                break
+            for tid in bad:
+                level[tid] -= 1
+        found: dict[str, dict] = {}
+        for tid, (owner, chain, v, inplace, numel) in self.branches.items():
+            k = level[tid]
+            name, index, size = chain[k]
+            notes = []
+            if k < len(chain) - 1:
+                notes.append(f"passes through {chain[-1][0]!r} after the site (a module with other uses): exact "
+                             f"while that is the identity (dropout p=0, eval)")
+            if k < v.scaled_after:
+                notes.append("scaled after the site: the penalty is on the unscaled branch output")
+            if size != numel:
+                notes.append(f"re-laid out after the site ({size} elements, {numel} added): the penalty also covers "
+                             f"padding")
+            kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
+                               [c[0] for c in reversed(chain[:k])])
+            found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
+                                        inplace=inplace and k == len(chain) - 1, skip=None, source="probe",
+                                        note="; ".join(notes)))
+        return list(found.values())
 
-def _example_inputs(model: nn.Module):
+
+# ------------------------------------------------------------------------------------------------------ example inputs
+_BATCH, _SEQ = 2, 8
+
+
+def _size2(size, default: int) -> tuple[int, int]:
+    if isinstance(size, (list, tuple)) and size:
+        return (int(size[-2]), int(size[-1])) if len(size) >= 2 else (int(size[0]), int(size[0]))
+    if isinstance(size, dict):  # {"height": .., "width": ..} / {"shortest_edge": ..}
+        h = size.get("height") or size.get("shortest_edge") or default
+        return int(h), int(size.get("width") or h)
+    return (int(size), int(size)) if isinstance(size, int) and size > 0 else (default, default)
+
+
+def _sub(cfg, *names):
+    for n in names:
+        sub = getattr(cfg, n, None)
+        if sub is not None and not isinstance(sub, (int, float, str, list, dict)):
+            return sub
+    return cfg
+
+
+def _token_ids(cfg, n: int = _SEQ) -> torch.Tensor:
+    vocab = int(getattr(cfg, "vocab_size", None) or 100)
+    special = {v for k, v in vars(cfg).items() if isinstance(v, int) and ("token" in k or k.endswith("_index"))}
+    pool = [i for i in range(3, min(vocab, 3 + n * _BATCH + len(special) + 8)) if i not in special] or [0]
+    return torch.tensor([pool[i % len(pool)] for i in range(_BATCH * n)]).reshape(_BATCH, n)
+
+
+def _pixels(cfg) -> torch.Tensor:
+    v = _sub(cfg, "vision_config", "backbone_config", "encoder")
+    h, w = _size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), 32)
+    c = int(getattr(v, "num_channels", None) or getattr(cfg, "num_channels", None) or 3)
+    frames = getattr(v, "num_frames", None)
+    shape = (_BATCH, int(frames), c, h, w) if isinstance(frames, int) and frames > 0 else (_BATCH, c, h, w)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
+    a = _sub(cfg, "audio_config", "encoder_config")
+    g = torch.Generator().manual_seed(0)
+    if name == "input_values":
+        out = [torch.randn(_BATCH, 16000, generator=g)]  # 1 s at 16 kHz: long enough for masking
+        mel = getattr(a, "num_mel_bins", None)
+        if mel:  # spectrogram transformers (AST) take input_values as (batch, frames, mel bins)
+            out.insert(0, torch.randn(_BATCH, int(getattr(a, "max_length", 0) or 64), int(mel), generator=g))
+        return out
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    frames = 2 * int(getattr(a, "max_source_positions", 0) or 32)
+    per_channel = getattr(a, "input_feat_per_channel", None)
+    width = int(per_channel) * int(getattr(a, "input_channels", 1) or 1) if per_channel else mel
+    return [torch.randn(_BATCH, mel, frames, generator=g), torch.randn(_BATCH, frames, width, generator=g)]
+
+
+def _transformers_inputs(model: nn.Module) -> list[dict]:
+    """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
+    the config's image size and channels, audio features or samples), with pixel values and token ids too where
+    the forward takes them (multimodal models), and decoder ids for encoder-decoders."""
+    cfg = model.config
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    main = getattr(model, "main_input_name", "input_ids") or "input_ids"
+    text = _sub(cfg, "text_config", "decoder", "text_encoder")
+    make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
+            "input_features": lambda: _audio_alternatives(cfg, "input_features"),
+            "input_values": lambda: _audio_alternatives(cfg, "input_values")}
+    extra = {}
+    if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        extra["decoder_input_ids"] = _token_ids(_sub(cfg, "decoder", "text_config"), 4)
+    if "use_cache" in params:  # no cache objects: hybrid (linear-attention) caches refuse some queries
+        extra["use_cache"] = False
+    mains = make[main]() if main in make else []
+    others = {n: make[n]()[0] for n in ("input_ids", "pixel_values") if n != main and n in params}
+    cands = [{main: m, **others, **extra} for m in mains] if others else []
+    cands += [{main: m, **extra} for m in mains]
+    cands += [{n: v, **extra} for n, v in others.items()]
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, dict) and dummy:  # the model's own (token ids, plus whatever it adds)
+        cands.append(dict(dummy))
+    return cands
+
+
+def _timm_inputs(model: nn.Module) -> list[tuple]:
+    sizes = []
+    pe = getattr(model, "patch_embed", None)
+    if getattr(pe, "img_size", None) is not None:
+        sizes.append((int(getattr(pe, "in_chans", 0) or getattr(getattr(pe, "proj", None), "in_channels", 3)),
+                      *_size2(pe.img_size, 224)))
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict) and cfg.get("input_size"):
+            sizes.append(tuple(cfg["input_size"]))
+    g = torch.Generator().manual_seed(0)
+    return [((torch.randn(_BATCH, *s, generator=g),), {}) for s in dict.fromkeys(sizes)]
+
+
+def _example_inputs(model: nn.Module) -> list[tuple]:
+    """Candidate (args, kwargs) for the probe's forward pass, tried in order."""
+    if hasattr(model, "config") and hasattr(model.config, "to_dict") and hasattr(model, "main_input_name"):
+        return [((), kw) for kw in _transformers_inputs(model)]
+    cands = _timm_inputs(model)
     dummy = getattr(model, "dummy_inputs", None)
     if isinstance(dummy, dict) and dummy:
-        return (), dict(dummy)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        return (torch.zeros(1, *cfg["input_size"]),), {}
-    return None
+        cands.insert(0, ((), dict(dummy)))
+    return cands
 
 
-def probe_sites(model: nn.Module, example_inputs: Any = None) -> list[dict]:
-    """Find residual adds by running one forward pass; see the module docstring."""
-    if example_inputs is None:
-        example_inputs = _example_inputs(model)
-        if example_inputs is None:
-            return []
-    elif isinstance(example_inputs, dict):
-        example_inputs = ((), example_inputs)
-    elif torch.is_tensor(example_inputs):
-        example_inputs = ((example_inputs,), {})
-    args, kwargs = example_inputs
+def _as_call(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if torch.is_tensor(example_inputs):
+        return (example_inputs,), {}
+    if (isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[0], (tuple, list))
+            and isinstance(example_inputs[1], dict)):
+        return tuple(example_inputs[0]), dict(example_inputs[1])
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TypeError(f"example_inputs must be a tensor, a dict of keyword inputs, a tuple of positional inputs or "
+                    f"(args, kwargs); got {type(example_inputs).__name__}")
+
+
+def _run_probe(model: nn.Module, args: tuple, kwargs: dict) -> _AddWatcher:
     try:
-        p = next(iter(model.parameters()))
-        device = p.device
+        device = next(iter(model.parameters())).device
     except StopIteration:
         device = torch.device("cpu")
-    if device.type == "meta":
-        return []
     args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
     kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
     watcher = _AddWatcher(model)
     handles = []
     for name, mod in model.named_modules():
         if name:
-            handles.append(mod.register_forward_pre_hook(watcher.pre_hook(name)))
+            handles.append(mod.register_forward_pre_hook(watcher.pre_hook(name), with_kwargs=True))
             handles.append(mod.register_forward_hook(watcher.post_hook(name)))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), watcher:
             model(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an unknown model we cannot run: the caller reports "no site found"
-        return []
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    return watcher
+
+
+def _describe(args: tuple, kwargs: dict) -> str:
+    show = [f"{tuple(a.shape)}" if torch.is_tensor(a) else type(a).__name__ for a in args]
+    show += [f"{k}={tuple(v.shape)}" if torch.is_tensor(v) else f"{k}={type(v).__name__}" for k, v in kwargs.items()]
+    return ", ".join(show)
+
+
+def _probe(model: nn.Module, example_inputs: Any = None) -> _AddWatcher:
+    """Run the probe on the user's inputs, or on the first candidate inputs that the model accepts. Raises
+    `ProbeFailedError` (chaining the model's own exception) when it cannot run the model."""
+    fix = ("pass example_inputs=... (a tensor, a dict of keyword inputs or (args, kwargs) that the model's forward "
+           "accepts) so the probe can run it, or name the branch-end submodules with sites=[...]")
+    model_name = type(model).__name__
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ProbeFailedError(f"the generic probe cannot run {model_name}: its parameters are on the meta device; "
+                               f"load the weights first, or {fix}")
+    cands = [_as_call(example_inputs)] if example_inputs is not None else _example_inputs(model)
+    if not cands:
+        raise ProbeFailedError(f"the generic probe cannot build example inputs for {model_name} (its blocks are not "
+                               f"in hf_penal's architecture table): {fix}")
+    first = None
+    for args, kwargs in cands:
+        try:
+            return _run_probe(model, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - the next candidate may fit; the first error is reported
+            if first is None:
+                first = (e, _describe(args, kwargs))
+    e, shown = first
+    given = "the given example_inputs" if example_inputs is not None else f"example inputs built for it ({shown})"
+    raise ProbeFailedError(f"the generic probe failed to run {model_name} on {given}: {type(e).__name__}: {e}. "
+                           f"Its blocks are not in hf_penal's architecture table, so {fix}.") from e
+
+
+def probe_sites(model: nn.Module, example_inputs: Any = None) -> list[dict]:
+    """Find residual adds by running one forward pass; see the module docstring. Raises `ProbeFailedError` when the
+    model cannot be run."""
+    found = _probe(model, example_inputs).sites()
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    return sorted(watcher.found.values(), key=lambda s: order[s["name"]])
+    return sorted(found, key=lambda s: order[s["name"]])
+
+
+def branch_candidates(model: nn.Module, example_inputs: Any = None) -> list[str]:
+    """Names worth trying as ``sites=[...]`` when discovery finds no residual site: branch ends of residual adds
+    outside numbered layers, else any submodule whose output enters an addition with a tensor of the same shape.
+    Empty when the probe cannot run the model."""
+    try:
+        watcher = _probe(model, example_inputs)
+    except ProbeFailedError:
+        return []
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    names = watcher.candidates or watcher.loose
+    return sorted((n for n in names if n in order and not isinstance(watcher.modules[n], _NOT_BRANCH)),
+                  key=order.__getitem__)
 
 
 # ------------------------------------------------------------------------------------------------------------ layers
@@ -251,11 +526,17 @@ def _finish(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
     return [ResidualSite(depth=layers.index(s["layer"]), n_layers=len(layers), **s) for s in raw]
 
 
-def discover(model: nn.Module, example_inputs: Any = None) -> list[ResidualSite]:
-    """All residual sites of a model (table first, generic probe otherwise), in model order."""
+def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) -> list[ResidualSite]:
+    """All residual sites of a model (table first, generic probe otherwise), in model order. A probe that cannot run
+    the model raises `ProbeFailedError` (``strict=False``: finds nothing instead)."""
     raw = _table_sites(model)
     if not raw:
-        raw = probe_sites(model, example_inputs)
+        try:
+            raw = probe_sites(model, example_inputs)
+        except ProbeFailedError:
+            if strict:
+                raise
+            raw = []
     return _finish(model, raw)
 
 

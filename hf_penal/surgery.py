@@ -173,13 +173,15 @@ def select_sites(found: list[ResidualSite], spec, model: nn.Module | None = None
     return chosen
 
 
-def _no_site_message(model: nn.Module) -> str:
-    cands = [n for n, m in model.named_modules()
-             if any(p.isdigit() for p in n.split(".")) and isinstance(m, (nn.Dropout, nn.Linear, nn.Identity))][:4]
-    hint = f" e.g. sites={cands!r}" if cands else ""
+def _no_site_message(model: nn.Module, example_inputs: Any = None) -> str:
+    from .sites import branch_candidates  # noqa: PLC0415
+    cands = branch_candidates(model, example_inputs)[:4]
+    hint = (f" Submodules whose outputs enter an addition (candidates to check): sites={cands!r}." if cands else
+            " The probe saw no submodule output enter an addition.")
     return (f"no residual site found in {type(model).__name__}: its blocks are not in hf_penal's architecture table "
-            f"and the generic probe found no residual add. Pass the names of the submodules whose outputs are the "
-            f"residual branches as sites=[...]{hint}, or example_inputs=... so the probe can run the model.")
+            f"and the generic probe found no residual add (a tensor added to the output of a submodule that started "
+            f"after it existed, inside a numbered layer). Pass the names of the submodules whose outputs are the "
+            f"residual branches as sites=[...].{hint}")
 
 
 # ------------------------------------------------------------------------------------------------------------ apply
@@ -204,9 +206,9 @@ def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None,
     if st is not None:  # discover on the plain structure
         _detach(model, old_sites)
     try:
-        found = discover(model, example_inputs)
+        found = discover(model, example_inputs, strict=not isinstance(cfg.sites, list))
         if not found and not isinstance(cfg.sites, list):
-            raise NoResidualSiteError(_no_site_message(model))
+            raise NoResidualSiteError(_no_site_message(model, example_inputs))
         chosen = select_sites(found, cfg.sites, model)
         if not chosen:
             raise NoResidualSiteError(f"sites={cfg.sites!r} selects none of the {len(found)} residual sites of "

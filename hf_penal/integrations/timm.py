@@ -1,6 +1,7 @@
 """`timm.create_model(..., penal=...)`.
 
-After `import hf_penal`, `timm.create_model` accepts ``penal=True | dict | PenalConfig`` and ``penal_<field>=...``;
+After `import hf_penal`, `timm.create_model` accepts ``penal=True | dict | PenalConfig`` and ``penal_<field>=...``
+(``penal_example_inputs=...``: inputs for the generic probe);
 without them it behaves exactly as before. Weights load as usual (hub, ``pretrained_cfg_overlay=dict(file=...)``,
 ``checkpoint_path=...``) and the surgery is applied afterwards. The settings are recorded in
 ``model.pretrained_cfg["penal"]``; the state_dict is the plain model's, so a penalized timm model is saved with
@@ -22,6 +23,7 @@ def _wrap(func):
     @functools.wraps(func)
     def create_model(*args, **kwargs):
         penal, fields, given = pop_penal_kwargs(kwargs)
+        example_inputs = fields.pop("example_inputs", None)  # for the generic probe, not a PenalConfig field
         pretrained = bool(kwargs.get("pretrained") or kwargs.get("checkpoint_path") or (len(args) > 1 and args[1]))
         if not given or penal is False:
             model = func(*args, **kwargs)
@@ -36,7 +38,7 @@ def _wrap(func):
         with outermost():
             model = func(*args, **kwargs)
         surgery.mark_pretrained(model, pretrained)
-        surgery.apply(model, cfg)
+        surgery.apply(model, cfg, example_inputs=example_inputs)
         surgery.warn_if_pretrained(model, cfg, pretrained=pretrained)
         return model
 

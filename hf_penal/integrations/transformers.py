@@ -1,7 +1,8 @@
 """`from_pretrained(..., penal=...)` / `from_config` for transformers models, and `config.penal` persistence.
 
 After `import hf_penal`, every `PreTrainedModel.from_pretrained`, `_from_config` and Auto class `from_pretrained` /
-`from_config` accepts ``penal=True | dict | PenalConfig | False`` and ``penal_<field>=...`` (``penal_tau=1e-3``).
+`from_config` accepts ``penal=True | dict | PenalConfig | False`` and ``penal_<field>=...`` (``penal_tau=1e-3``;
+``penal_example_inputs=...`` gives the generic probe its inputs for an architecture outside the table).
 A checkpoint whose config.json carries ``penal`` is re-penalized on load; ``penal=False`` loads it plain. The
 settings are written to ``config.penal`` by `apply`, so `save_pretrained` persists them; the penal connection adds
 no weights, so plain transformers loads such a checkpoint as a normal model. Residual modes with weights (LayerNorm
@@ -60,7 +61,7 @@ def _load_mode_weights(model, source, kwargs) -> int:
     return len(found)
 
 
-def _finish(model, penal, fields, given, source=None, kwargs=None):
+def _finish(model, penal, fields, given, source=None, kwargs=None, example_inputs=None):
     from .. import surgery  # noqa: PLC0415
     from ..config import resolve_config  # noqa: PLC0415
 
@@ -84,7 +85,7 @@ def _finish(model, penal, fields, given, source=None, kwargs=None):
     if isinstance(base, dict) and isinstance(saved, dict) and base is saved:
         base = dict(saved)
     cfg = resolve_config(base, **fields)
-    surgery.apply(model, cfg)
+    surgery.apply(model, cfg, example_inputs=example_inputs)
     if cfg.mode != "identity":
         _load_mode_weights(model, source, kwargs or {})
     surgery.warn_if_pretrained(model, cfg, pretrained=True)
@@ -115,6 +116,7 @@ def _wrap(func):
     @functools.wraps(func)
     def wrapper(cls, *args, **kwargs):
         penal, fields, given = pop_penal_kwargs(kwargs)
+        example_inputs = fields.pop("example_inputs", None)  # for the generic probe, not a PenalConfig field
         if given:
             from ..config import resolve_config  # noqa: PLC0415
             if penal is not False:
@@ -127,7 +129,8 @@ def _wrap(func):
                 model = func(cls, *args, **kwargs)
         if not top:
             return model
-        return _finish(model, penal, fields, given, source if func.__name__ == "from_pretrained" else None, kwargs)
+        return _finish(model, penal, fields, given, source if func.__name__ == "from_pretrained" else None, kwargs,
+                       example_inputs)
 
     wrapper._hf_penal = True
     return wrapper

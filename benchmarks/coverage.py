@@ -1,0 +1,429 @@
+"""Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
+
+For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads where
+such fields exist; timm: the smallest-named model of each family, img_size 64 where the model takes it), it records:
+whether it builds, the sites found (table or probe), the residual blocks covered (elements of ModuleLists whose class
+ends in Layer/Block: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the
+explicit-penalty oracle built from the found sites (`tests/_oracle.py`: forward hooks capture those sites' outputs and
+the loss gets + τ/2·Σ‖z‖²), and whether eval outputs are bit-identical to the plain model's. Each model runs in a
+worker process under a per-model time limit; a worker that dies is replaced and the model recorded as crashed.
+
+    OMP_NUM_THREADS=1 python benchmarks/coverage.py --library transformers --every 3 \
+        --out benchmarks/results/coverage.md
+    OMP_NUM_THREADS=1 python benchmarks/coverage.py --library timm --out benchmarks/results/coverage.md
+
+Each library owns one section of the output file (a second run of the other library keeps the first one's section).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+_BLOCK_CLASS = re.compile(r"(Layer|Block|Bottleneck)$")
+_NOT_BLOCK_CLASS = re.compile(r"Norm|ConvLayer$")
+
+
+# ----------------------------------------------------------------------------------------------------- listing models
+def transformers_types() -> list[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    return sorted(CONFIG_MAPPING_NAMES)
+
+
+_SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxtiny", "xtiny", "tiny", "xxs", "xs", "mini", "small", "s",
+               "b0", "10", "18", "base")
+
+
+def timm_families() -> list[str]:
+    """One model per family (name up to the first '_', trailing digits stripped), the smallest-named first."""
+    import timm
+    fams: dict[str, list[str]] = {}
+    for name in timm.list_models():
+        fam = re.sub(r"\d+$", "", name.split("_")[0]) or name
+        fams.setdefault(fam, []).append(name)
+
+    def rank(n):
+        parts = re.split(r"[_.]", n)
+        for i, w in enumerate(_SIZE_WORDS):
+            if any(p == w or p.endswith(w) and len(w) > 2 for p in parts):
+                return i, len(n), n
+        return len(_SIZE_WORDS), len(n), n
+    return [min(v, key=rank) for _, v in sorted(fams.items())]
+
+
+def sample(names: list[str], every: int) -> list[str]:
+    return names[::every] if every > 1 else names
+
+
+# ----------------------------------------------------------------------------------------------------- building
+_WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "hidden_dim": 32, "dim": 32,
+          "word_embed_proj_dim": 32, "projection_dim": 32, "text_embed_dim": 32, "vision_embed_dim": 32}
+_DEPTH = {"num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2,
+          "decoder_layers": 2, "num_encoder_layers": 2, "num_decoder_layers": 2, "depth": 2}
+_HEADS = {"num_attention_heads": 2, "n_head": 2, "n_heads": 2, "encoder_attention_heads": 2,
+          "decoder_attention_heads": 2, "num_heads": 2, "num_key_value_heads": 1, "num_kv_heads": 1,
+          "multi_query_group_num": 1}
+_FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "n_inner": 64,
+        "d_ff": 64, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "head_dim": 16, "d_kv": 16,
+        "rotary_dim": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 16,
+        "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
+
+
+def _shrink(cfg, seen=None) -> None:
+    """Small widths and depths on a config and its sub-configs, where the fields exist (in place)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    aliases = getattr(cfg, "attribute_map", {}) or {}
+    for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
+        for k, v in table.items():
+            if k in aliases:  # e.g. ConvNext's num_hidden_layers is its number of stages
+                continue
+            cur = getattr(cfg, k, None)
+            if isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
+                with contextlib.suppress(Exception):
+                    setattr(cfg, k, v)
+            elif isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur) and k in _HEADS:
+                with contextlib.suppress(Exception):
+                    setattr(cfg, k, type(cur)(min(x, v) for x in cur))
+    for k in ("hidden_sizes", "embed_dims", "embed_dim", "dims", "widths", "channels", "neck_hidden_sizes"):
+        cur = getattr(cfg, k, None)
+        if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
+            with contextlib.suppress(Exception):
+                setattr(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
+    for k in ("depths", "num_layers_per_stage", "layers", "block_repeats"):
+        cur = getattr(cfg, k, None)
+        if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
+            with contextlib.suppress(Exception):
+                setattr(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
+    for sub in list(vars(cfg).values()):
+        if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
+            _shrink(sub, seen)
+
+
+def build_transformers(model_type: str):
+    import torch
+    import transformers as T
+    from transformers.models.auto import modeling_auto as MA
+    cfg = T.AutoConfig.for_model(model_type)
+    _shrink(cfg)
+    maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+            MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
+    cls_name = next((m[model_type] for m in maps if model_type in m), None)
+    if cls_name is None:
+        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class")
+    if isinstance(cls_name, (list, tuple)):
+        cls_name = cls_name[0]
+    cls = getattr(T, cls_name)
+    torch.manual_seed(0)
+    return cls._from_config(cfg) if hasattr(cls, "_from_config") else cls(cfg)
+
+
+def build_timm(name: str):
+    import timm
+    import torch
+    torch.manual_seed(0)
+    for kw in (dict(img_size=64, depth=2), dict(img_size=64), {}):  # smaller where the model takes these
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10, **kw)
+        except Exception:  # noqa: BLE001 - a model without these arguments (or that needs its own size)
+            if not kw:
+                raise
+            continue
+        size = kw.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        chans = model.pretrained_cfg.get("input_size", (3,))[0]
+        return model, [((torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)),), {})]
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------------------------------- one model
+def _tensors(out):
+    import torch
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def residual_blocks(model) -> list[str]:
+    """Elements of ModuleLists / Sequentials whose class name ends in Layer/Block/Bottleneck, the innermost such lists
+    where they nest."""
+    from torch import nn
+    blocks = [f"{n}.{i}" if n else str(i) for n, m in model.named_modules() if isinstance(m, (nn.ModuleList,
+                                                                                              nn.Sequential))
+              for i, c in enumerate(m) if _BLOCK_CLASS.search(type(c).__name__)
+              and not _NOT_BLOCK_CLASS.search(type(c).__name__)]
+    return [b for b in blocks if not any(o != b and o.startswith(b + ".") for o in blocks)]
+
+
+def check(model, inputs_candidates, example_inputs=None) -> dict:
+    """Sites, coverage, gradient oracle and eval identity for one built model (`example_inputs`: passed to the
+    probe; None: the probe builds its own)."""
+    import torch
+
+    import hf_penal
+    from hf_penal.sites import ProbeFailedError
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _oracle import grads, rel_err
+
+    rec: dict = {"builds": True, "params": sum(p.numel() for p in model.parameters())}
+    with torch.no_grad():  # zero-initialised branch ends (ResNet's last BN, layer scales) would hide the penalty
+        g = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
+    t0 = time.time()
+    try:
+        found = hf_penal.sites(model, example_inputs[0] if example_inputs else None)
+    except ProbeFailedError as e:
+        rec.update(status="probe failed", cause=_cause(e.__cause__ or e))
+        return rec
+    rec["probe_s"] = round(time.time() - t0, 2)
+    rec["sites"] = len(found)
+    rec["source"] = found[0].source if found else "-"
+    rec["notes"] = sorted({s.note.split(":")[0] for s in found if s.note})
+    blocks = residual_blocks(model)
+    covered = [b for b in blocks if any(s.name.startswith(b + ".") or s.block == b for s in found)]
+    rec["blocks"], rec["covered"] = len(blocks), len(covered)
+    rec["layers"] = len({s.layer for s in found})
+    rec["uncovered"] = [b for b in blocks if b not in covered][:3]
+    if not found:
+        rec.update(status="no site")
+        from hf_penal.sites import branch_candidates
+        cands = branch_candidates(model, example_inputs[0] if example_inputs else None)[:3]
+        rec["cause"] = "probe ran, no residual add seen; candidates: " + (", ".join(cands) or "none")
+        return rec
+    # inputs: the first candidate the model runs on
+    inputs = None
+    for args, kwargs in inputs_candidates:
+        try:
+            with torch.no_grad():
+                model.eval()(*args, **kwargs)
+            inputs = (args, kwargs)
+            break
+        except Exception:  # noqa: BLE001
+            continue
+    if inputs is None:
+        rec.update(status="inputs failed", cause="no candidate input runs the model")
+        return rec
+    args, kwargs = inputs
+    model.eval()
+    eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
+    with torch.no_grad():
+        a, b = _tensors(model(*args, **kwargs)), _tensors(eval_penal(*args, **kwargs))
+    rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+    def loss(m):  # the same random draws (dropout, SpecAugment masks, LayerDrop) in every run
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        return sum(t.float().square().mean() for t in _tensors(m(*args, **kwargs)))
+
+    # tau chosen so that the penalty moves the gradient by ~30 %: the comparison then sees the penalty's part
+    # (layer-scaled branches are ~1e-6 at init, a fixed tau would be invisible there)
+    zspec = [(re.escape(s.name), s.output_index) for s in found]
+    g_plain, _, _ = grads(model, loss)
+    g_unit, _, fired = grads(model, loss, zspec, 1.0)
+    shift = rel_err(g_unit, g_plain)
+    rec["fired"] = fired
+    if not shift > 0:
+        rec.update(status="inexact", cause="the penalty on the found sites does not change any gradient")
+        return rec
+    tau = min(max(0.3 / shift, 1e-6), 1e8)
+    g_oracle, _, _ = grads(model, loss, zspec, tau)
+    penal = hf_penal.apply(copy.deepcopy(model), tau=tau, example_inputs=(args, kwargs))
+    g_penal, _, _ = grads(penal, loss)
+    rec["tau"] = tau
+    rec["oracle_vs_plain"] = rel_err(g_oracle, g_plain)
+    rec["rel_err"] = rel_err(g_penal, g_oracle)
+    rec["grad_exact"] = rec["rel_err"] < 1e-4
+    full = rec["covered"] == rec["blocks"]  # 0 == 0: no listed blocks to check
+    rec["status"] = ("ok" if full else "partial") if rec["grad_exact"] and rec["eval_identical"] else "inexact"
+    return rec
+
+
+def _cause(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:160]}"
+
+
+class _Timeout(BaseException):  # not an Exception: the code under test must not swallow it
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def run_one(library: str, name: str, timeout: float) -> dict:
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    rec = {"library": library, "name": name}
+    t0 = time.time()
+    try:
+        try:
+            if library == "transformers":
+                model, given = build_transformers(name), None
+            else:
+                model, given = build_timm(name)
+        except Exception as e:  # noqa: BLE001
+            rec.update(builds=False, status="does not build", cause=_cause(e))
+            return rec
+        cands = given or sys.modules["hf_penal.sites"]._example_inputs(model)
+        rec.update(check(model, cands, given))
+    except _Timeout:
+        rec.update(status="timeout", cause=f"over {timeout:g} s")
+    except Exception as e:  # noqa: BLE001
+        rec.update(status="error", cause=_cause(e))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        rec["seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+def worker(library: str, names: list[str], timeout: float) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    torch.set_num_threads(1)
+    import hf_penal  # noqa: F401 - installs the penal= keyword
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging
+        logging.set_verbosity_error()
+    for name in names:
+        print("@@" + json.dumps(run_one(library, name, timeout)), flush=True)
+
+
+def sweep(library: str, names: list[str], timeout: float) -> list[dict]:
+    """Run the models in a worker process; a worker that dies is replaced and its model recorded as crashed."""
+    done: dict[str, dict] = {}
+    todo = list(names)
+    while todo:
+        cmd = [sys.executable, __file__, "--worker", library, "--timeout", str(timeout), "--names", *todo]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(ROOT),
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        for line in proc.stdout:
+            if line.startswith("@@"):
+                rec = json.loads(line[2:])
+                done[rec["name"]] = rec
+                print(f"{library} {rec['name']}: {rec['status']} {rec.get('cause', '')}"[:200], flush=True)
+        proc.wait()
+        todo = [n for n in todo if n not in done]
+        if todo:
+            done[todo[0]] = {"library": library, "name": todo[0], "status": "crash",
+                             "cause": f"worker exited with code {proc.returncode}"}
+            todo = todo[1:]
+    return [done[n] for n in names]
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def summarize(recs: list[dict]) -> dict:
+    built = [r for r in recs if r.get("builds")]
+    ran = [r for r in built if r["status"] not in ("timeout", "crash", "error")]
+    ok = [r for r in ran if r["status"] == "ok"]
+    some = [r for r in ran if r["status"] in ("ok", "partial")]
+    return dict(total=len(recs), built=len(built), measured=len(ran), ok=len(ok), some=len(some))
+
+
+def table(library: str, recs: list[dict], command: str, rule: str) -> str:
+    s = summarize(recs)
+    pct = (lambda a, b: f"{100 * a / b:.0f} %" if b else "-")  # noqa: E731
+    lines = [f"## {library}", "", f"Command: `{command}`  ", f"Sample: {rule}", "",
+             f"- models tried: {s['total']}; built from a small config: {s['built']}; measured (built, ran within "
+             f"the time limit): {s['measured']}",
+             f"- **coverage: {s['ok']} / {s['measured']} = {pct(s['ok'], s['measured'])}** of measured models have a "
+             f"site in every residual block, exact gradients (penalized = explicit-penalty oracle) and bit-identical "
+             f"eval outputs; {s['some']} / {s['measured']} = {pct(s['some'], s['measured'])} have ≥ 1 site with "
+             f"exact gradients", "",
+             "| model | status | source | sites | blocks covered | grad rel. err | eval identical | s "
+             "| cause / notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        err = f"{r['rel_err']:.1e}" if "rel_err" in r else ""
+        cov = f"{r['covered']}/{r['blocks']}" if "blocks" in r else ""
+        ev = {True: "yes", False: "**no**"}.get(r.get("eval_identical"), "")
+        cause = r.get("cause", "")
+        if r.get("status") == "partial":
+            cause = "uncovered: " + ", ".join(r.get("uncovered", []))
+        if r.get("status") == "inexact":
+            cause = f"oracle vs plain {r.get('oracle_vs_plain', 0):.1e}, sites fired {r.get('fired')}"
+        if r.get("notes"):
+            cause = (cause + "; " if cause else "") + "; ".join(r["notes"])
+        cause = cause.replace("|", "\\|")
+        lines.append(f"| {r['name']} | {r['status']} | {r.get('source', '')} | {r.get('sites', '')} | {cov} | {err} "
+                     f"| {ev} | {r.get('seconds', '')} | {cause} |")
+    fails = [r for r in recs if r["status"] not in ("ok",)]
+    lines += ["", f"{len(fails)} models not fully covered are listed above with their cause (status other than ok)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else (
+        "# Residual-site discovery coverage\n\nGenerated by `benchmarks/coverage.py` (see its docstring for what is "
+        "measured). Statuses: ok (a site in every residual block, exact gradients, eval bit-identical), partial (some "
+        "blocks without a site), inexact (gradients or eval differ), no site, probe failed, does not build, timeout, "
+        "error, crash.\n")
+    section = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--library", choices=["transformers", "timm"], default="transformers")
+    p.add_argument("--every", type=int, default=1, help="deterministic sample: every N-th name in sorted order")
+    p.add_argument("--names", nargs="*", help="these model types / timm names only")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds per model (build + probe + checks)")
+    p.add_argument("--out", default=None, help="markdown file to (re)write this library's section of")
+    p.add_argument("--json", default=None, help="also write the raw records here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        worker(a.worker, a.names, a.timeout)
+        return []
+    if a.names:
+        names, rule = a.names, f"the {len(a.names)} named models"
+    else:
+        every = transformers_types() if a.library == "transformers" else timm_families()
+        names = sample(every, a.every)
+        rule = (f"{len(names)} of {len(every)} " + ("model types in sorted order" if a.library == "transformers"
+                                                     else "timm families (smallest-named model each)")
+                + (f", every {a.every}-th (deterministic, evenly spaced)" if a.every > 1 else ", all"))
+    recs = sweep(a.library, names, a.timeout)
+    command = "OMP_NUM_THREADS=1 python benchmarks/coverage.py " + " ".join(shlex.quote(x) for x in
+                                                                           (argv if argv is not None else sys.argv[1:]))
+    if a.json:
+        Path(a.json).write_text(json.dumps(recs, indent=1))
+    if a.out:
+        write_section(Path(a.out), a.library, table(a.library, recs, command, rule))
+    s = summarize(recs)
+    print(json.dumps(s))
+    return recs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Discovery beyond the architecture table, on real architectures from tiny configs, saved and reloaded through
+`from_pretrained(..., penal=True)` / `timm.create_model(..., penal=True)`: parallel residual blocks give a site per
+branch, windowed-attention blocks that reshape / pad / roll / crop around the branch keep their sites, a probe that
+cannot run the model says so (and what to pass), and probe inputs are built from the model's main input and config.
+Each checks gradients against the explicit-penalty oracle (`tests/_oracle.py`) and bit-identical eval outputs."""
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from _oracle import grads, rel_err
+from torch import nn
+
+import hf_penal
+
+timm = pytest.importorskip("timm")
+S = sys.modules["hf_penal.sites"]  # `hf_penal.sites` is the function
+
+TAU = 1e-2
+L = 2
+
+
+def _floats(out):
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _floats(o)]
+    return []
+
+
+def _loss(args=(), kwargs=None):
+    kwargs = kwargs or {}
+
+    def loss(m):
+        torch.manual_seed(0)
+        return sum(t.float().square().mean() for t in _floats(m(*args, **kwargs)))
+    return loss
+
+
+def _perturb(model):
+    """Zero-initialised branch ends and layer scales would hide the penalty: move every weight a little."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def _hf_pair(cls, cfg, tmp_path, **penal):
+    torch.manual_seed(0)
+    d = str(tmp_path / "m")
+    _perturb(cls(cfg)).save_pretrained(d)
+    return cls.from_pretrained(d), cls.from_pretrained(d, penal=True, penal_tau=TAU, **penal)
+
+
+def _check_oracle(vanilla, model, zspec, n_sites, args=(), kwargs=None):
+    """Penalized gradients == explicit penalty on the oracle's z modules; eval outputs bit-identical."""
+    loss = _loss(args, kwargs)
+    vanilla.eval(), model.eval()
+    with torch.no_grad():
+        a, b = _floats(vanilla(*args, **(kwargs or {}))), _floats(model(*args, **(kwargs or {})))
+    assert a and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    g_plain, l_plain, _ = grads(vanilla, loss)
+    g_oracle, _, fired = grads(vanilla, loss, zspec, TAU)
+    assert fired == n_sites
+    g_penal, l_penal, _ = grads(model, loss)
+    assert torch.allclose(l_penal, l_plain, rtol=1e-6, atol=0)
+    assert rel_err(g_oracle, g_plain) > 1e-4  # the oracle can tell a no-op apart
+    assert rel_err(g_penal, g_oracle) < 1e-5
+
+
+_IDS = dict(input_ids=torch.arange(3, 3 + 16).reshape(2, 8) % 90 + 3)
+
+
+# ------------------------------------------------------------------------------------------ parallel residual blocks
+PARALLEL = {
+    # attn_out + mlp_out + residual in one expression
+    "gptj": (T.GPTJModel, lambda: T.GPTJConfig(n_embd=32, n_layer=L, n_head=2, rotary_dim=8, vocab_size=100,
+                                               n_positions=64),
+             [(r"h\.\d\.attn", 0), (r"h\.\d\.mlp", None)]),
+    # mlp_output + attn_output + hidden_states (use_parallel_residual)
+    "gpt_neox": (T.GPTNeoXModel, lambda: T.GPTNeoXConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
+                                                         intermediate_size=64, vocab_size=100,
+                                                         use_parallel_residual=True),
+                 [(r"layers\.\d\.post_attention_dropout", None), (r"layers\.\d\.post_mlp_dropout", None)]),
+    # residual + attn_out + mlp_out
+    "cohere": (T.CohereModel, lambda: T.CohereConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
+                                                     num_key_value_heads=2, intermediate_size=64, vocab_size=100),
+               [(r"layers\.\d\.self_attn", 0), (r"layers\.\d\.mlp", None)]),
+}
+
+
+@pytest.mark.parametrize("arch", list(PARALLEL))
+def test_parallel_blocks_get_a_site_per_branch_with_exact_gradients(arch, tmp_path):
+    cls, cfg, zspec = PARALLEL[arch]
+    vanilla, model = _hf_pair(cls, cfg(), tmp_path)
+    found = hf_penal.sites(model)
+    assert Counter(s.kind for s in found) == {"attention": L, "mlp": L}
+    assert {s.source for s in found} == {"probe"} and len({s.layer for s in found}) == L
+    _check_oracle(vanilla, model, zspec, 2 * L, kwargs=_IDS)
+
+
+def test_a_shared_module_ending_both_parallel_branches_is_one_site_called_twice(tmp_path):
+    """Phi applies one `resid_dropout` to both branches: hooking it penalizes each branch once per call."""
+    cfg = T.PhiConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                      vocab_size=100)
+    vanilla, model = _hf_pair(T.PhiModel, cfg, tmp_path)
+    assert [s.name for s in hf_penal.sites(model)] == [f"layers.{i}.resid_dropout" for i in range(L)]
+    _check_oracle(vanilla, model, [(r"layers\.\d\.resid_dropout", None)], 2 * L, kwargs=_IDS)
+
+
+# ------------------------------------------------------------------------------------ windowed-attention vision blocks
+def test_swin_pads_rolls_and_crops_around_the_branch_and_keeps_exact_sites(tmp_path):
+    # a 10x10 patch grid with window 4: padded to 12, cyclically shifted in the second block, cropped back
+    cfg = T.SwinConfig(image_size=40, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4,
+                       num_labels=3)
+    vanilla, model = _hf_pair(T.SwinForImageClassification, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert Counter(s.kind for s in found) == {"attention": 4, "mlp": 4}
+    # Swin's one `dropout` serves both branches, the attention one inside a longer chain: not a site
+    assert not any(s.name.endswith(".dropout") for s in found)
+    assert all(s.note == "" for s in found if s.kind == "attention")
+    pixels = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    zspec = [(r"swin\.encoder\.layers\.\d\.blocks\.\d\.drop_path", None),
+             (r"swin\.encoder\.layers\.\d\.blocks\.\d\.mlp", None)]  # == what is added: hidden_dropout_prob is 0
+    _check_oracle(vanilla, model, zspec, 8, kwargs=dict(pixel_values=pixels))
+
+
+def _sam_cfg(window):
+    return T.SamVisionConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, image_size=64, patch_size=8,
+                             window_size=window, global_attn_indexes=[1], output_channels=16, mlp_dim=64)
+
+
+def test_sam_window_unpartition_between_attention_and_add_keeps_the_site(tmp_path):
+    """SAM's vision layer reshapes the attention output back from windows with no module in between."""
+    vanilla, model = _hf_pair(T.SamVisionModel, _sam_cfg(window=4), tmp_path)
+    found = hf_penal.sites(model)
+    assert [(s.name, s.kind, s.note) for s in found] == [
+        (f"vision_encoder.layers.{i}.{b}", k, "") for i in range(L) for b, k in (("attn", "attention"), ("mlp", "mlp"))]
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    zspec = [(r"vision_encoder\.layers\.\d\.attn", 0), (r"vision_encoder\.layers\.\d\.mlp", None)]
+    _check_oracle(vanilla, model, zspec, 2 * L,
+                  kwargs=dict(pixel_values=pixels))
+
+
+def test_padded_windows_are_noted_on_the_site():
+    """With an 8x8 grid and window 3 the attention runs on a 9x9 padded grid: the site notes that its penalty also
+    covers the padding (no module returns the cropped tensor)."""
+    torch.manual_seed(0)
+    found = hf_penal.sites(T.SamVisionModel(_sam_cfg(window=3)))
+    padded = [s for s in found if s.note]
+    assert [s.name for s in padded] == ["vision_encoder.layers.0.attn"]  # layer 1 is global attention
+    assert "81" in padded[0].note or "padding" in padded[0].note
+
+
+def _samvit(tmp_path, **penal):
+    from safetensors.torch import save_file
+    kw = dict(img_size=64, depth=L, embed_dim=32, num_heads=2, window_size=4, global_attn_indexes=(1,),
+              neck_chans=16)
+    path = tmp_path / "samvit.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_file(_perturb(timm.create_model("samvit_base_patch16", num_classes=0, **kw)).state_dict(), str(path))
+    return timm.create_model("samvit_base_patch16", pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=0), **kw, **penal)
+
+
+def test_timm_sam_vit_windowed_blocks_go_through_the_probe(tmp_path):
+    vanilla, model = _samvit(tmp_path), _samvit(tmp_path, penal=True, penal_tau=TAU)
+    found = hf_penal.sites(model)
+    assert [(s.name, s.source) for s in found] == [(f"blocks.{i}.drop_path{j}", "probe") for i in range(L)
+                                                   for j in (1, 2)]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    _check_oracle(vanilla, model, [(r"blocks\.\d\.drop_path[12]", None)], 2 * L, args=(x,))
+
+
+# ------------------------------------------------------------------------------------------------ honest probe errors
+def _botnet(tmp_path, **penal):
+    """BoTNet built at 64 px: its attention asserts the feature size, the model's pretrained_cfg says 256 px."""
+    from safetensors.torch import save_file
+    path = tmp_path / "botnet.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_file(_perturb(timm.create_model("botnet26t_256", img_size=64, num_classes=3)).state_dict(), str(path))
+    return timm.create_model("botnet26t_256", pretrained=True, img_size=64, num_classes=3,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=3), **penal)
+
+
+def test_a_model_the_probe_cannot_run_raises_with_the_cause_and_what_to_pass(tmp_path):
+    plain = _botnet(tmp_path)
+    with pytest.raises(hf_penal.NoResidualSiteError, match="probe failed") as info:
+        hf_penal.sites(plain)
+    msg = str(info.value)
+    assert "example_inputs=" in msg and "sites=[" in msg and "AssertionError" in msg
+    assert isinstance(info.value.__cause__, AssertionError)  # the model's own exception, chained
+    with pytest.raises(S.ProbeFailedError):
+        _botnet(tmp_path, penal=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = _botnet(tmp_path, penal=True, penal_tau=TAU, penal_example_inputs=x)
+    found = hf_penal.sites(model)
+    assert len(found) > 0 and all(s.source in ("probe", "table") for s in found)
+    vanilla = _botnet(tmp_path).train()
+    # BatchNorm: compare in train mode (batch statistics) from the same state
+    zspec = [(rf"{s.name.replace('.', chr(92) + '.')}", s.output_index) for s in found]
+    g_oracle, _, fired = grads(vanilla, _loss((x,)), zspec, TAU)
+    assert fired == len(found)
+    assert rel_err(grads(model, _loss((x,)))[0], g_oracle) < 1e-5
+
+
+def test_explicit_site_names_need_no_probe(tmp_path):
+    """sites=[...] works on a model the probe cannot run (the probe's failure is not an error then)."""
+    names = ["stages.0.0.shortcut", "stages.1.0.conv3_1x1.bn"]
+    model = _botnet(tmp_path, penal={"tau": TAU, "sites": names})
+    assert [s.name for s in hf_penal.sites(model)] == names
+
+
+def test_transformers_model_without_buildable_inputs_names_example_inputs(tmp_path):
+    """Decision Transformer's forward needs states, actions, returns and timesteps: the probe says so, and runs with
+    the user's inputs, through from_pretrained(..., penal_example_inputs=...)."""
+    cfg = T.DecisionTransformerConfig(state_dim=5, act_dim=3, hidden_size=32, n_layer=L, n_head=2, max_ep_len=20,
+                                      n_positions=64)
+    torch.manual_seed(0)
+    d = str(tmp_path / "dt")
+    _perturb(T.DecisionTransformerModel(cfg)).save_pretrained(d)
+    with pytest.raises(S.ProbeFailedError, match="example_inputs="):
+        T.DecisionTransformerModel.from_pretrained(d, penal=True)
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(states=torch.randn(2, 4, 5, generator=g), actions=torch.randn(2, 4, 3, generator=g),
+                  returns_to_go=torch.randn(2, 4, 1, generator=g), timesteps=torch.arange(4).repeat(2, 1),
+                  attention_mask=torch.ones(2, 4, dtype=torch.long))
+    model = T.DecisionTransformerModel.from_pretrained(d, penal=True, penal_tau=TAU, penal_example_inputs=inputs)
+    found = hf_penal.sites(model)
+    assert Counter(s.kind for s in found) == {"attention": L, "mlp": L}
+    vanilla = T.DecisionTransformerModel.from_pretrained(d)
+    zspec = [(r"encoder\.h\.\d\.attn", 0), (r"encoder\.h\.\d\.mlp", None)]
+    _check_oracle(vanilla, model, zspec, 2 * L, kwargs=inputs)
+
+
+class _Branch(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        return x + self.ffn(self.norm(x))
+
+
+class _UnnumberedNet(nn.Module):
+    """Residual blocks held as named attributes: no numbered layer, so discovery does not call them sites."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = _Branch(), _Branch()
+
+    def forward(self, x):
+        return self.second(self.first(x)).sum()
+
+
+def test_suggested_site_names_are_branch_ends_that_work():
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    model = _UnnumberedNet()
+    with pytest.raises(hf_penal.NoResidualSiteError, match=r"sites=\[") as info:
+        hf_penal.apply(model, example_inputs=x)
+    assert "sites=['first.ffn', 'second.ffn']" in str(info.value)
+    vanilla = _UnnumberedNet()
+    vanilla.load_state_dict(model.state_dict())
+    hf_penal.apply(model, tau=0.3, sites=["first.ffn", "second.ffn"])
+    g_oracle, _, _ = grads(vanilla, lambda m: m(x), [(r"(first|second)\.ffn", None)], 0.3)
+    assert rel_err(grads(model, lambda m: m(x))[0], g_oracle) < 1e-6
+
+
+def test_probe_without_inputs_for_a_plain_module_says_what_to_pass():
+    with pytest.raises(S.ProbeFailedError, match="cannot build example inputs"):
+        hf_penal.sites(nn.Sequential(nn.Linear(4, 4)))
+
+
+# ------------------------------------------------------------------------------------ example inputs from the config
+def test_vision_model_outside_the_table_gets_pixel_values_from_its_config(tmp_path):
+    cfg = T.ConvNextConfig(hidden_sizes=[8, 16], depths=[2, 1], num_stages=2, image_size=32, num_labels=3,
+                           layer_scale_init_value=0.5)
+    vanilla, model = _hf_pair(T.ConvNextForImageClassification, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert [s.name for s in found] == [f"convnext.encoder.stages.{i}.layers.{j}.drop_path"
+                                       for i, j in ((0, 0), (0, 1), (1, 0))]
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    _check_oracle(vanilla, model, [(r"convnext\.encoder\.stages\.\d\.layers\.\d\.drop_path", None)], 3,
+                  kwargs=dict(pixel_values=pixels))
+
+
+def test_audio_model_gets_input_values(tmp_path):
+    cfg = T.Wav2Vec2Config(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                           conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8,
+                           num_conv_pos_embedding_groups=2, mask_time_prob=0.0)
+    vanilla, model = _hf_pair(T.Wav2Vec2Model, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert Counter(s.kind for s in found) == {"attention": L, "mlp": L}
+    wave = torch.randn(2, 800, generator=torch.Generator().manual_seed(1))
+    zspec = [(r"encoder\.layers\.\d\.dropout", None), (r"encoder\.layers\.\d\.feed_forward", None)]
+    _check_oracle(vanilla, model, zspec, 2 * L, kwargs=dict(input_values=wave))
+
+
+def test_speech_encoder_decoder_gets_input_features_and_decoder_ids():
+    cfg = T.WhisperConfig(d_model=32, encoder_layers=L, decoder_layers=L, encoder_attention_heads=2,
+                          decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
+                          max_source_positions=16, max_target_positions=32, vocab_size=100, pad_token_id=0,
+                          bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    torch.manual_seed(0)
+    found = hf_penal.sites(T.WhisperModel(cfg))
+    assert Counter(s.kind for s in found) == {"attention": 2 * L, "cross_attention": L, "mlp": 2 * L}
+
+
+def test_multimodal_model_gets_ids_and_pixels_and_both_towers_are_covered(tmp_path):
+    cfg = T.CLIPConfig(text_config=dict(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
+                                        intermediate_size=64, vocab_size=100),
+                       vision_config=dict(hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
+                                          intermediate_size=64, image_size=32, patch_size=8), projection_dim=16)
+    vanilla, model = _hf_pair(T.CLIPModel, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert Counter(s.name.split(".")[0] for s in found) == {"text_model": 2 * L, "vision_model": 2 * L}
+    # the probe (ids and pixels built from the config) finds what the table says
+    assert [(s["name"], s["kind"]) for s in S.probe_sites(model)] == [(s.name, s.kind) for s in found]
+    inputs = dict(input_ids=_IDS["input_ids"], pixel_values=torch.randn(2, 3, 32, 32))
+    zspec = [(r"(text|vision)_model\.encoder\.layers\.\d\.self_attn", 0),
+             (r"(text|vision)_model\.encoder\.layers\.\d\.mlp", None)]
+    _check_oracle(vanilla, model, zspec, 4 * L, kwargs=inputs)
+
+
+def test_table_sites_that_are_not_exactly_what_is_added_say_so():
+    cfg = T.GraniteConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, vocab_size=100, residual_multiplier=0.5)
+    found = hf_penal.sites(T.GraniteModel(cfg))
+    assert len(found) == 2 and all("residual_multiplier" in s.note for s in found)
+
+
+# ------------------------------------------------------------------------------------------------ coverage sweep smoke
+def test_coverage_sweep_runs_on_three_model_types(tmp_path):
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import coverage
+    out = tmp_path / "coverage.md"
+    recs = [coverage.run_one("transformers", n, timeout=900) for n in ("bert", "gptj", "swin")]  # in this process
+    coverage.write_section(out, "transformers", coverage.table("transformers", recs, "(smoke)", "3 named types"))
+    assert [(r["name"], r["status"]) for r in recs] == [("bert", "ok"), ("gptj", "ok"), ("swin", "ok")]
+    assert [r["source"] for r in recs] == ["table", "probe", "probe"]
+    assert all(r["rel_err"] < 1e-4 and r["eval_identical"] for r in recs)
+    text = out.read_text()
+    assert "coverage: 3 / 3 = 100 %" in text and "| gptj | ok | probe |" in text
