@@ -25,7 +25,6 @@ Logged at every logging step: ``penal/tau`` (the τ used in the step just finish
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -202,22 +201,6 @@ def _scale_of(scaler: Any) -> torch.Tensor | float | None:
     return scale
 
 
-def _find_trainer(callback: PenalCallback) -> Trainer | None:
-    """The Trainer whose callback handler is running `callback` (called from inside its on_train_begin)."""
-    frame = inspect.currentframe()
-    try:
-        for _ in range(12):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            obj = frame.f_locals.get("self")
-            if isinstance(obj, Trainer) and callback in getattr(obj.callback_handler, "callbacks", ()):
-                return obj
-    finally:
-        del frame
-    return None
-
-
 class PenalCallback(TrainerCallback):
     """Drives the penal connections during `Trainer.train`: τ schedule, loss-scale/world-size gain, logging.
 
@@ -226,9 +209,10 @@ class PenalCallback(TrainerCallback):
         **settings: penal settings by field name (``penal_tau=3e-4``, ``penal_schedule="cosine"``, ...; the short
             forms ``tau=``, ``schedule=`` work too); they override `args`.
 
-    With a plain Trainer, the callback also gives the model penal connections when it has none (at train begin),
-    finds the Trainer's GradScaler, and moves itself ahead of the ``report_to`` callbacks so the penal metrics reach
-    them. `attach` does the same explicitly. With no settings, a `PenalTrainingArguments` given to the Trainer is used.
+    With a plain Trainer, register it with ``PenalCallback(...).attach(trainer)``: that reads the Trainer's GradScaler
+    and puts the callback ahead of the ``report_to`` callbacks so the penal metrics reach them (a callback passed in
+    ``callbacks=[...]`` without `attach` works, and warns about what it cannot do). At train begin it gives the model
+    penal connections when it has none. With no settings, a `PenalTrainingArguments` given to the Trainer is used.
     """
 
     def __init__(self, args: TrainingArguments | None = None, **settings):
@@ -338,12 +322,10 @@ class PenalCallback(TrainerCallback):
         if not self._explicit and isinstance(args, PenalTrainingArguments):
             self.settings = _settings(args, {})
         if self._trainer_ref is None or self._trainer_ref() is None:
-            trainer = _find_trainer(self)
-            if trainer is not None:
-                self.attach(trainer)
-            elif getattr(args, "fp16", False):
-                logger.warning("hf_penal: PenalCallback could not find the Trainer's GradScaler; call "
-                               "PenalCallback.attach(trainer) so the penalty follows the fp16 loss scale")
+            logger.warning("hf_penal: PenalCallback is not attached to its Trainer: call "
+                           "PenalCallback(...).attach(trainer) (PenalTrainer does it for you). Without it the penalty "
+                           "does not follow an fp16 GradScaler's loss scale, and report_to callbacks listed before it "
+                           "do not receive the penal/* metrics.")
         if model is None:
             return
         self.prepare(model)

@@ -331,7 +331,8 @@ def test_penal_callback_alone_with_a_plain_trainer(bert_dir, tmp_path):
     cb = PenalCallback(tau=4e-3, schedule="cosine", final_tau=1e-3, log_efficiency=True)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True,
                              max_steps=3, logging_steps=1, per_device_train_batch_size=4, save_strategy="no")
-    tr = Trainer(model=model, args=args, train_dataset=_data(12), callbacks=[rec, cb])
+    tr = Trainer(model=model, args=args, train_dataset=_data(12), callbacks=[rec])
+    cb.attach(tr)
     tr.train()
     assert len(hf_penal.sites(model)) == 4 and model.config.penal["tau"] == 4e-3
     want = {s: schedules.cosine(s - 1, 3, 4e-3, 1e-3) for s in (1, 2, 3)}
@@ -339,6 +340,21 @@ def test_penal_callback_alone_with_a_plain_trainer(bert_dir, tmp_path):
     seen = [r for r in rec.rows if "loss" in r]  # the callback moved itself ahead of the "reporter"
     assert [r["penal/tau"] for r in seen] == pytest.approx(list(want.values()))
     assert all("penal/efficiency/layer_01" in r for r in seen)
+
+
+def test_unattached_callback_warns_what_it_cannot_do_and_still_penalizes(bert_dir, tmp_path):
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_penal import trainer as penal_trainer
+
+    model = BertForSequenceClassification.from_pretrained(bert_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True,
+                             max_steps=1, per_device_train_batch_size=4, save_strategy="no")
+    tr = Trainer(model=model, args=args, train_dataset=_data(4), callbacks=[PenalCallback(tau=4e-3)])
+    with CaptureLogger(penal_trainer.logger) as cl:
+        tr.train()
+    assert "attach(trainer)" in cl.out and "loss scale" in cl.out
+    assert hf_penal.penal_config(model).tau == 4e-3
 
 
 def test_trainer_uses_the_models_own_penal_config_and_arguments_override_it(bert_dir, tmp_path):
