@@ -51,13 +51,9 @@ CALIBRATION_FILE = "penal_calibration.json"  # calibrated τ_l, written into eac
 
 # ------------------------------------------------------------------------------------------------------------ args
 @dataclasses.dataclass
-class PenalTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the penal connection settings (all ``penal_*``; see the field help texts).
-
-    ``penal_tau`` / ``penal_tau_ratio`` / ``penal_sites`` / ``penal_storage_dtype`` left at None take the model's
-    own ``config.penal`` (or the defaults: τ calibrated per site, all sites, z kept in its own dtype); when set they
-    override it.
-    """
+class _PenalSettings:
+    """The ``penal_*`` training settings, declared once: the fields of `PenalTrainingArguments` and what
+    `PenalCallback` holds. Validated (and normalised) on creation; errors name the field."""
 
     penal: bool = dataclasses.field(default=True, metadata={"help": (
         "Give the model penal connections when it has none. --no_penal trains a plain baseline (connections the "
@@ -97,10 +93,22 @@ class PenalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         _validate(self)
-        super().__post_init__()
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # TrainingArguments, in PenalTrainingArguments
+            parent()
 
 
-_FIELDS = {f.name: f.default for f in dataclasses.fields(PenalTrainingArguments) if f.name.startswith("penal")}
+@dataclasses.dataclass
+class PenalTrainingArguments(_PenalSettings, TrainingArguments):
+    """`TrainingArguments` plus the penal connection settings (all ``penal_*``; see the field help texts).
+
+    ``penal_tau`` / ``penal_tau_ratio`` / ``penal_sites`` / ``penal_storage_dtype`` left at None take the model's
+    own ``config.penal`` (or the defaults: τ calibrated per site, all sites, z kept in its own dtype); when set they
+    override it.
+    """
+
+
+_FIELDS = {f.name: f.default for f in dataclasses.fields(_PenalSettings)}
 
 
 def _is_number(x: Any) -> bool:
@@ -158,36 +166,14 @@ def _validate(s: Any) -> None:
         bad("penal_log_efficiency", "True or False")
 
 
-@dataclasses.dataclass
-class _Settings:
-    """The penal fields alone (what `PenalCallback` needs when it is not given a PenalTrainingArguments)."""
-
-    penal: bool = True
-    penal_tau: float | str | None = None
-    penal_tau_ratio: float | None = None
-    penal_sites: str | None = None
-    penal_storage_dtype: str | None = None
-    penal_schedule: str = "constant"
-    penal_warmup_ratio: float = 0.0
-    penal_warmup_steps: int = 0
-    penal_final_tau: float = 0.0
-    penal_milestones: str | None = None
-    penal_gamma: float = 0.1
-    penal_depth_profile: str = "uniform"
-    penal_log_efficiency: bool = False
-
-    def __post_init__(self):
-        _validate(self)
-
-
-def _settings(args: TrainingArguments | None, overrides: dict) -> _Settings:
+def _settings(args: TrainingArguments | None, overrides: dict) -> _PenalSettings:
     unknown = sorted(k for k in overrides if k not in _FIELDS and f"penal_{k}" not in _FIELDS)
     if unknown:
         raise TypeError(f"PenalCallback got unknown setting(s) {unknown}; allowed: {sorted(_FIELDS)} "
                         f"(or the same without the 'penal_' prefix)")
     values = {k: getattr(args, k, d) for k, d in _FIELDS.items()}
     values.update({k if k in _FIELDS else f"penal_{k}": v for k, v in overrides.items()})
-    return _Settings(**values)
+    return _PenalSettings(**values)
 
 
 # ------------------------------------------------------------------------------------------------------------ callback
