@@ -141,7 +141,8 @@ def _validate(s: Any) -> None:
         try:
             s.penal_storage_dtype = PenalConfig(storage_dtype=s.penal_storage_dtype).storage_dtype
         except ValueError:
-            bad("penal_storage_dtype", "None, 'float32', 'float16' or 'bfloat16'")
+            bad("penal_storage_dtype", "None, 'float32', 'float16', 'bfloat16', 'float8_e4m3fn', 'float8_e5m2' or "
+                "'recompute'")
     if s.penal_schedule not in SCHEDULES:
         bad("penal_schedule", f"one of {list(SCHEDULES)}")
     if not (_is_number(s.penal_warmup_ratio) and 0.0 <= s.penal_warmup_ratio <= 1.0):
