@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: a real fine-tune (all-MiniLM-L6-v2 on BBC News) with and without penal connections, side by side.
+# The main job: plain vs penal=True vs the paper's tau on BBC News (a real MiniLM fine-tune and a BERT from scratch), 3 seeds.
 # Sets up .venv on first use (scripts/_env.sh). Extra arguments go to recipes/main_job.py.
 source "$(dirname "$0")/_env.sh"
 start=$(date +%s)
