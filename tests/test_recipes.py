@@ -143,16 +143,35 @@ def test_causal_lm_from_jsonl_resumes_from_its_checkpoint(tmp_path):
     assert hf_penal.penal_config(AutoModelForCausalLM.from_pretrained(out)).tau == 1e-3
 
 
-def test_main_job_prints_the_plain_and_penal_arms_side_by_side(tmp_path):
+def test_main_job_runs_every_arm_per_seed_and_ends_with_computed_verdicts(tmp_path):
     minilm()
-    log = run([RECIPES / "main_job.py", "--output_dir", tmp_path, "--model_config", "tiny", "--max_train_samples",
-               "16", "--max_eval_samples", "16", "--max_steps", "2", "--max_seq_length", "16", "--disable_tqdm",
-               "true"])
-    assert "plain vs penal" in log and "mean efficiency" in log
-    arms = json.loads((tmp_path / "comparison.json").read_text())
-    assert list(arms) == ["baseline", "tau=3e-4", "tau=1e-8"] and arms["baseline"]["penal"] is False
-    assert arms["tau=3e-4"]["penal_config"]["tau"] == 3e-4 and arms["tau=1e-8"]["penal_config"]["tau"] == 1e-8
-    assert {arm["global_step"] for arm in arms.values()} == {2}
+    log = run([RECIPES / "main_job.py", "--output_dir", tmp_path, "--seeds", "2", "--settings", "from-scratch",
+               "--model_config", "tiny", "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2",
+               "--max_seq_length", "16"])
+    results = json.loads((tmp_path / "comparison.json").read_text())["from-scratch"]
+    assert list(results) == ["plain", "penal=True", "paper τ=3e-4"] and all(len(v) == 2 for v in results.values())
+    assert results["plain"][0]["penal"] is False
+    assert results["penal=True"][0]["penal_config"]["tau"] == "auto"
+    assert results["penal=True"][0]["penal_config"]["tau_ratio"] == 0.1  # built from a config: the scratch default
+    assert results["paper τ=3e-4"][0]["penal_config"]["tau"] == 3e-4
+    assert {r["global_step"] for rs in results.values() for r in rs} == {2}
+    sys.path.insert(0, str(RECIPES))
+    import main_job
+    assert log.strip().splitlines()[-1] == "Verdict — " + main_job.verdict("from-scratch", results)
+    assert (tmp_path / "from-scratch" / "penal_True_seed0" / "penal_diagnostics.png").is_file()
+
+
+def test_main_job_verdict_follows_the_numbers():
+    sys.path.insert(0, str(RECIPES))
+    import main_job
+
+    def res(plain, default, paper=(0.5, 0.5, 0.5)):
+        return {"plain": [{"eval_accuracy": a} for a in plain], "penal=True": [{"eval_accuracy": a} for a in default],
+                "paper τ=3e-4": [{"eval_accuracy": a} for a in paper]}
+
+    assert "helps: +0.200" in main_job.verdict("x", res((0.5, 0.51, 0.49), (0.7, 0.71, 0.69)))
+    assert "hurts: -0.200" in main_job.verdict("x", res((0.7, 0.71, 0.69), (0.5, 0.51, 0.49)))
+    assert "no difference beyond noise" in main_job.verdict("x", res((0.5, 0.9, 0.1), (0.55, 0.95, 0.15)))
 
 
 # ------------------------------------------------------------------------------------------------ two processes
