@@ -24,7 +24,6 @@ import _common as C  # noqa: E402
 import quality as Q  # noqa: E402
 
 import hf_penal  # noqa: E402
-from hf_penal.calibration import calibrated_taus  # noqa: E402
 
 
 def spread(task: Q.Task, batches: int, seed: int = 0) -> dict:

@@ -35,8 +35,8 @@ def _auto_pairs(model: nn.Module, caller: str) -> list:
         raise ValueError(f"{caller}: the model has no penal connections; call hf_penal.apply(model) first")
     auto = [(s, c) for s, c in pairs if c.auto]
     if not auto:
-        raise ValueError(f"{caller}: the model's tau is fixed ({surgery.penal_config(surgery.penalized_root(model)).tau}"
-                         f"); apply tau='auto' to calibrate")
+        tau = surgery.penal_config(surgery.penalized_root(model)).tau
+        raise ValueError(f"{caller}: the model's tau is fixed ({tau}); apply tau='auto' to calibrate")
     return auto
 
 

@@ -164,7 +164,7 @@ def test_hand_written_loop_with_optimizer_trains_with_the_calibrated_taus(tmp_pa
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt_v = torch.optim.SGD(vanilla.parameters(), lr=0.1)
     taus = None
-    for step in range(3):
+    for _ in range(3):
         model.train()
         opt.zero_grad()
         model(**inputs).loss.backward()
