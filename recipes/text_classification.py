@@ -82,8 +82,9 @@ def main(argv=None) -> dict:
     else:
         path = model_args.model_name_or_path or minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path)
+        # ignore_mismatched_sizes: a checkpoint trained on other labels gets a new head
         model = AutoModelForSequenceClassification.from_pretrained(path, **labels, **dropout,
-                                                                   ignore_mismatched_sizes=True)  # other labels: new head
+                                                                   ignore_mismatched_sizes=True)
 
     def preprocess(batch):
         enc = tokenizer(batch[text_args.text_column], truncation=True, max_length=data_args.max_seq_length)

@@ -33,7 +33,7 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
 
 
 def test_benchmark_scripts_write_tables_with_expected_rows(tmp_path):
-    overhead, quality = _load("overhead"), _load("quality")
+    overhead = _load("overhead")
     out = tmp_path / "BENCHMARKS.md"
     threads = torch.get_num_threads()
     try:
