@@ -400,6 +400,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per model (build + probe + checks)")
     p.add_argument("--out", default=None, help="markdown file to (re)write this library's section of")
     p.add_argument("--json", default=None, help="also write the raw records here")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="no sweep: tabulate these saved records (a later file's record of a model replaces an "
+                        "earlier one, unless it is a timeout)")
+    p.add_argument("--note", default="", help="a line for the table (how the records were made)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -413,7 +417,19 @@ def main(argv=None) -> list[dict]:
         rule = (f"{len(names)} of {len(every)} " + ("model types in sorted order" if a.library == "transformers"
                                                      else "timm families (smallest-named model each)")
                 + (f", every {a.every}-th (deterministic, evenly spaced)" if a.every > 1 else ", all"))
-    recs = sweep(a.library, names, a.timeout)
+    if a.from_json:
+        merged: dict[str, dict] = {}
+        for f in a.from_json:
+            for r in json.loads(Path(f).read_text()):
+                old = merged.get(r["name"])
+                if old is None or r["status"] != "timeout" or old["status"] == "timeout":
+                    merged[r["name"]] = r  # a re-run's timeout (a busy machine) keeps the earlier measurement
+        recs = [merged[n] for n in names if n in merged]
+        rule += f" ({len(recs)} with records)"
+    else:
+        recs = sweep(a.library, names, a.timeout)
+    if a.note:
+        rule += f"  \n{a.note}"
     command = "OMP_NUM_THREADS=1 python benchmarks/coverage.py " + " ".join(shlex.quote(x) for x in
                                                                            (argv if argv is not None else sys.argv[1:]))
     if a.json:
