@@ -126,3 +126,19 @@ def test_a_plain_word_is_a_regex_over_site_names(tmp_path):
         hf_penal.apply(model, sites="atn")
     assert "transformer.h.0.mlp" in str(e.value)  # the names it could have matched
     assert [s.name for s in hf_penal.sites(model)] == ["transformer.h.0.attn", "transformer.h.1.attn"]  # untouched
+
+
+def test_auto_classes_created_before_import_hf_penal_get_penal_too():
+    """transformers copies from_pretrained / from_config onto each Auto class when it is created; classes created
+    before `import hf_penal` (here: by importing transformers' Trainer first, as test_trainer.py does) must be wrapped
+    as well, or their missing-folder error is transformers' "Repo id must be in the form ..."."""
+    import transformers.models.auto.modeling_auto as auto
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    from hf_penal.integrations.transformers import _is_wrapped
+
+    classes = [c for c in vars(auto).values() if isinstance(c, type) and issubclass(c, _BaseAutoModelClass)]
+    assert len(classes) > 20
+    for cls in classes:
+        for name in ("from_pretrained", "from_config"):
+            assert _is_wrapped(getattr(cls, name).__func__), f"{cls.__name__}.{name}"

@@ -109,8 +109,14 @@ def _load_naming_a_missing_dir(func, cls, source, args, kwargs):
                                 f"loaded from the hub ({reason})") from None
 
 
+def _is_wrapped(func) -> bool:
+    # transformers' auto_class_update gives each Auto class a copy of _BaseAutoModelClass's method (copy_func: same
+    # code and closure, no attributes), so a copy of our wrapper is recognised by its code
+    return getattr(func, "_hf_penal", False) or getattr(func, "__code__", None) is _WRAPPER_CODE
+
+
 def _wrap(func):
-    if getattr(func, "_hf_penal", False):
+    if _is_wrapped(func):
         return func
 
     @functools.wraps(func)
@@ -136,6 +142,16 @@ def _wrap(func):
     return wrapper
 
 
+_WRAPPER_CODE = None
+_WRAPPER_CODE = _wrap(lambda cls: None).__code__
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
 def _wrap_save(func):
     if getattr(func, "_hf_penal", False):
         return func
@@ -156,8 +172,11 @@ def install() -> bool:
         from transformers.models.auto.auto_factory import _BaseAutoModelClass  # noqa: PLC0415
     except Exception:  # noqa: BLE001 - transformers not installed
         return False
-    for owner, name in ((PreTrainedModel, "from_pretrained"), (PreTrainedModel, "_from_config"),
-                        (_BaseAutoModelClass, "from_pretrained"), (_BaseAutoModelClass, "from_config")):
+    # Auto classes created before `import hf_penal` (e.g. by `from transformers import AutoModel`) hold their own copy
+    # of from_pretrained / from_config: wrap those too
+    autos = [(cls, name) for cls in (_BaseAutoModelClass, *_subclasses(_BaseAutoModelClass))
+             for name in ("from_pretrained", "from_config")]
+    for owner, name in ((PreTrainedModel, "from_pretrained"), (PreTrainedModel, "_from_config"), *autos):
         attr = owner.__dict__.get(name)
         if isinstance(attr, classmethod):
             setattr(owner, name, classmethod(_wrap(attr.__func__)))
