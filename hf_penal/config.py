@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -43,7 +43,7 @@ _STORAGE_DTYPES = {
 }
 _DTYPE_NAMES = {v: k for k, v in _STORAGE_DTYPES.items() if v is not None}
 
-SitesSpec = Union[str, list, tuple]
+SitesSpec = str | list | tuple
 
 
 def _is_number(x: Any) -> bool:
@@ -82,7 +82,7 @@ class PenalConfig:
     tau_ratio: float | None = None
     tau_calibrated: dict | None = None
     sites: SitesSpec = "all"
-    storage_dtype: Union[str, None] = None
+    storage_dtype: str | None = None
     mode: str = "identity"
     skip_scale: float = 1.0
     recursions: int = 1
@@ -142,7 +142,7 @@ class PenalConfig:
         return self.tau == "auto"
 
     @property
-    def torch_storage_dtype(self) -> Union[torch.dtype, None]:
+    def torch_storage_dtype(self) -> torch.dtype | None:
         return _STORAGE_DTYPES[self.storage_dtype]
 
     def to_dict(self) -> dict:
@@ -153,7 +153,7 @@ class PenalConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PenalConfig":
+    def from_dict(cls, d: dict) -> PenalConfig:
         if not isinstance(d, dict):
             raise TypeError(f"penal settings must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -162,7 +162,7 @@ class PenalConfig:
             raise ValueError(f"unknown penal setting(s) {unknown}; allowed fields: {sorted(known)}")
         return cls(**d)
 
-    def replace(self, **changes) -> "PenalConfig":
+    def replace(self, **changes) -> PenalConfig:
         return PenalConfig.from_dict({**self.to_dict(), **changes})
 
 
@@ -205,7 +205,7 @@ def _validate_sites(sites: Any) -> SitesSpec:
                      f"non-empty list of site names; got {sites!r}")
 
 
-def resolve_config(config: Union["PenalConfig", dict, bool, None] = None, **fields) -> PenalConfig:
+def resolve_config(config: PenalConfig | dict | bool | None = None, **fields) -> PenalConfig:
     """Normalise everything users may pass (`True`, a dict, a PenalConfig, field keywords) into one PenalConfig.
     Keyword fields override the config's."""
     if config is None or config is True:

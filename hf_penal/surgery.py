@@ -14,7 +14,7 @@ The connection's buffers are non-persistent: `state_dict()` and checkpoints are 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ class _SiteHook:
     """Forward hook at a branch-end module: z → connection(z) → mode (which turns z into z' = y − x where it
     rewrites the add). The penalty is on z, the branch output, whatever the mode. Picklable (no closures)."""
 
-    def __init__(self, index: Optional[int], host: Optional[nn.Module] = None, suffix: str = ""):
+    def __init__(self, index: int | None, host: nn.Module | None = None, suffix: str = ""):
         self.index = index
         self.host = host  # None: the hooked module itself
         self.suffix = suffix
@@ -99,7 +99,7 @@ class _PenalState:
         self.probe_only = False  # τ = 0 measuring probes: nothing recorded in the model's config
 
 
-def _state(model: nn.Module) -> Optional[_PenalState]:
+def _state(model: nn.Module) -> _PenalState | None:
     return model.__dict__.get(_STATE)
 
 
@@ -118,7 +118,7 @@ def is_penalized(model: nn.Module) -> bool:
     return _state(model) is not None
 
 
-def penal_config(model: nn.Module) -> Optional[PenalConfig]:
+def penal_config(model: nn.Module) -> PenalConfig | None:
     """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
     ``tau_calibrated``), or None."""
     st = _state(model)
@@ -185,7 +185,7 @@ def _no_site_message(model: nn.Module, example_inputs: Any = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ apply
-def apply(model: nn.Module, config: Union[PenalConfig, dict, bool, None] = None, *, example_inputs: Any = None,
+def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, example_inputs: Any = None,
           **fields) -> nn.Module:
     """Give `model` penal connections (and/or a residual mode) in place, and return it.
 
@@ -303,7 +303,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
     recompute.detach(model)
 
 
-def _record_config(model: nn.Module, cfg: Optional[PenalConfig]) -> None:
+def _record_config(model: nn.Module, cfg: PenalConfig | None) -> None:
     conf = getattr(model, "config", None)
     pcfg = getattr(model, "pretrained_cfg", None)  # timm
     if isinstance(pcfg, dict):
@@ -365,7 +365,7 @@ def write_factors(pairs: list, factors: list) -> None:
             conn.factor.fill_(f)
 
 
-def set_tau(model: nn.Module, tau: Union[float, str]) -> None:
+def set_tau(model: nn.Module, tau: float | str) -> None:
     """Set τ on every penal connection of `model` (and in its recorded config): an absolute τ, or ``"auto"`` (the
     sites calibrate again on the next training backward)."""
     tau = check_tau(tau, "set_tau: tau")
@@ -382,7 +382,7 @@ def set_tau(model: nn.Module, tau: Union[float, str]) -> None:
     _record_config(model, st.config)
 
 
-def set_loss_scale(model: nn.Module, scale: Union[float, torch.Tensor], world_size: int = 1) -> None:
+def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: int = 1) -> None:
     """Tell the penal connections the current loss scale (GradScaler) and data-parallel world size.
 
     The incoming gradient is scaled by `scale` (and DDP averages over `world_size` ranks), so the added τ·z is
