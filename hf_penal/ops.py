@@ -90,15 +90,18 @@ def _efficiency_(stats: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> No
 
 def _calibrate_(cal: tuple, z: torch.Tensor, grad: torch.Tensor, gain: torch.Tensor) -> None:
     """While ``pending`` is 1: measure ‖g‖², ‖z‖² (g = grad / gain), set τ = ρ·‖g‖/‖z‖ and clear ``pending``.
-    Tensor-only (no branch on values): once calibrated the buffers keep their values."""
+    A branch whose z is exactly zero (a zero-initialised last norm, as in timm's ResNets) has no scale to measure:
+    it stays pending and calibrates on its first backward with z ≠ 0. Tensor-only (no branch on values): once
+    calibrated the buffers keep their values."""
     tau, ratio, pending, norms = cal
     g2 = (grad.detach().double() / gain.double()).square().sum()
     z2 = z.detach().double().square().sum()
+    ready = pending.double() * (z2 > 0).double()
     measured = torch.stack([g2, z2])
-    norms.copy_(torch.lerp(norms.double(), measured, pending.double()).to(norms.dtype))
+    norms.copy_(torch.lerp(norms.double(), measured, ready).to(norms.dtype))
     new_tau = ratio.double() * (g2.sqrt() / z2.sqrt().clamp_min(1e-30))
-    tau.copy_(torch.lerp(tau.double(), new_tau, pending.double()).to(tau.dtype))
-    pending.zero_()
+    tau.copy_(torch.lerp(tau.double(), new_tau, ready).to(tau.dtype))
+    pending.sub_(ready.to(pending.dtype))
 
 
 class _PenalFunction(torch.autograd.Function):

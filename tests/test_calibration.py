@@ -272,3 +272,25 @@ def test_inspect_shows_each_sites_calibrated_tau(tmp_path, capsys):
     for name, cols in rows.items():
         assert cols[3] == (f"{taus[name]:.3g}" if name in taus else "-")
     assert len(taus) == 2 and len(rows) == 4
+
+
+def test_a_branch_that_is_exactly_zero_waits_for_its_first_nonzero_output():
+    from torch import nn
+
+    lin = nn.Linear(4, 4)
+    conn = hf_penal.PenalConnection("auto", tau_ratio=RHO)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+    conn.train()
+    z = conn(lin(x))
+    (x + z).square().sum().backward()  # z == 0: nothing to calibrate against
+    assert not conn.calibrated and conn.tau.item() == 0.0
+    with torch.no_grad():
+        lin.weight.fill_(0.1)
+    z = conn(lin(x))
+    zd = z.detach()
+    (x + z).square().sum().backward()
+    g = 2 * (x + zd)  # dL/dz of this loss
+    assert conn.calibrated and conn.tau.item() == pytest.approx(RHO * (g.norm() / zd.norm()).item(), rel=1e-5)

@@ -329,7 +329,7 @@ def test_mode_alone_has_no_penalty_unless_tau_given():
     assert hf_penal.penal_config(m).tau == 0.0 and not any("penal_connection" in n for n, _ in m.named_modules())
     m = quiet_apply(_bert(), mode="entangled", mapping="orthogonal", tau=3e-4)
     assert hf_penal.penal_config(m).tau == 3e-4 and any("penal_connection" in n for n, _ in m.named_modules())
-    assert hf_penal.penal_config(quiet_apply(_bert())).tau == 3e-4
+    assert hf_penal.penal_config(quiet_apply(_bert())).tau == "auto"  # identity: the calibrated default
 
 
 # ------------------------------------------------------------------------------------------------ checkpointing, reuse

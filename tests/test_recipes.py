@@ -76,10 +76,13 @@ def test_image_classification_on_mnist_reloads_penalized(tmp_path):
     run([RECIPES / "image_classification.py", "--model_config", "resnet18", "--image_size", "16",
          "--max_train_samples", "64", "--per_device_train_batch_size", "8", "--output_dir", out, *FAST])
     m = metrics_of(out)
-    assert m["global_step"] == 3 and 0.0 <= m["eval_accuracy"] <= 1.0 and m["penal_config"]["tau"] == 3e-4
+    assert m["global_step"] == 3 and 0.0 <= m["eval_accuracy"] <= 1.0 and m["penal_config"]["tau"] == "auto"
     from transformers import AutoModelForImageClassification
     model = AutoModelForImageClassification.from_pretrained(out)
-    assert hf_penal.penal_config(model).tau == 3e-4 and len(hf_penal.sites(model)) == 8  # 8 BasicBlocks
+    cfg = hf_penal.penal_config(model)
+    assert cfg.tau == "auto" and len(hf_penal.sites(model)) == 8  # 8 BasicBlocks
+    # timm zero-initialises each block's last BatchNorm: z = 0 at step 1, calibrated at the first step with z != 0
+    assert len(cfg.tau_calibrated) == 8 and all(0 < t < 1e3 for t in cfg.tau_calibrated.values())
     assert model(pixel_values=torch.zeros(2, 1, 16, 16)).logits.shape == (2, 10)
 
 
@@ -120,7 +123,8 @@ def test_translation_generates_and_reloads_penalized(tmp_path):
     assert 0.0 <= m["eval_exact_match"] <= 1.0 and 0.0 <= m["eval_bleu"] <= 100.0
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
-    assert hf_penal.penal_config(model).tau == 3e-4
+    cfg = hf_penal.penal_config(model)
+    assert cfg.tau == "auto" and len(cfg.tau_calibrated) == len(hf_penal.sites(model))  # restored, not re-measured
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("4 0 7").input_ids[-1] == tok.eos_token_id
 
