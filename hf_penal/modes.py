@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._hooks import remove_hooks
+
 __all__ = [
     "MODES",
     "ChannelLayerNorm",
@@ -419,12 +421,7 @@ def attach_skip_capture(model: nn.Module, sites, modes: dict) -> None:
 def detach_skip_capture(model: nn.Module) -> None:
     """Remove every capture hook (and any pending tensor) from the model."""
     for mod in model.modules():
-        for hooks, extra in ((mod._forward_pre_hooks, (mod._forward_pre_hooks_with_kwargs,)),
-                             (mod._forward_hooks, (mod._forward_hooks_with_kwargs, mod._forward_hooks_always_called))):
-            for key in [k for k, h in hooks.items() if isinstance(h, _CAPTURES)]:
-                del hooks[key]
-                for d in extra:
-                    d.pop(key, None)
+        remove_hooks(mod, _CAPTURES)
         if isinstance(mod, ResidualMode):
             mod._pending = None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._hooks import remove_hooks
 from .architectures import INPLACE_ADD, branches_for
 
 _BERT_SUMS = {"attention": "input@attention.output.LayerNorm",
@@ -279,9 +280,4 @@ def attach(modules: dict, site, conn, mode: str) -> str:
 def detach(model: nn.Module) -> None:
     """Remove every recompute hook from the model."""
     for mod in model.modules():
-        for hooks, extra in ((mod._forward_pre_hooks, (mod._forward_pre_hooks_with_kwargs,)),
-                             (mod._forward_hooks, (mod._forward_hooks_with_kwargs, mod._forward_hooks_always_called))):
-            for key in [k for k, h in hooks.items() if isinstance(h, _HOOKS)]:
-                del hooks[key]
-                for d in extra:
-                    d.pop(key, None)
+        remove_hooks(mod, _HOOKS)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import recompute
+from ._hooks import remove_hooks
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
 from .ops import PenalConnection
 from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
@@ -290,10 +291,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
         mod = modules.get(site.name)
         if mod is None:
             continue
-        for key in [k for k, h in mod._forward_hooks.items() if isinstance(h, _SiteHook)]:
-            del mod._forward_hooks[key]
-            mod._forward_hooks_with_kwargs.pop(key, None)
-            mod._forward_hooks_always_called.pop(key, None)
+        remove_hooks(mod, (_SiteHook,))
         host, suffix = _host(modules, site.name)
         for child in (CONNECTION + suffix, MODE + suffix):
             if child in host._modules:

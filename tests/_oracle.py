@@ -47,3 +47,15 @@ def rel_err(a: dict, b: dict) -> float:
     num = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in b)
     den = sum(float((b[k].double() ** 2).sum()) for k in b)
     return (num / max(den, 1e-300)) ** 0.5
+
+
+def saved_bytes_and_grads(model, loss_fn):
+    """(bytes autograd saves for backward, counted once per storage, in one oracle `grads` pass; the gradients)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        g, _, _ = grads(model, loss_fn)
+    return sum(seen.values()), g

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _models import SPEC, hf_loss, saved
-from _oracle import grads, rel_err
+from _oracle import grads, rel_err, saved_bytes_and_grads
 
 import hf_penal
 
@@ -145,19 +145,10 @@ def test_fp16_grad_scaler_needs_and_gets_the_scale_aware_term(bert):
 def test_bf16_storage_halves_saved_bytes_with_negligible_error(bert):
     d, auto, inputs = bert
 
-    def saved_bytes_and_grads(model):
-        seen = {}
-
-        def pack(t):
-            seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            g, _, _ = grads(model, hf_loss(inputs))
-        return sum(seen.values()), g
-
-    b_plain, _ = saved_bytes_and_grads(auto.from_pretrained(d))
-    b_fp32, _ = saved_bytes_and_grads(auto.from_pretrained(d, penal_tau=TAU))
-    b_bf16, g = saved_bytes_and_grads(auto.from_pretrained(d, penal={"tau": TAU, "storage_dtype": "bfloat16"}))
+    b_plain, _ = saved_bytes_and_grads(auto.from_pretrained(d), hf_loss(inputs))
+    b_fp32, _ = saved_bytes_and_grads(auto.from_pretrained(d, penal_tau=TAU), hf_loss(inputs))
+    b_bf16, g = saved_bytes_and_grads(auto.from_pretrained(d, penal={"tau": TAU, "storage_dtype": "bfloat16"}),
+                                      hf_loss(inputs))
     assert b_fp32 > b_plain
     assert (b_bf16 - b_plain) <= 0.5 * (b_fp32 - b_plain) + 64
     assert rel_err(g, _oracle(auto, d, inputs)) < 1e-3

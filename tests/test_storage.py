@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _models import SPEC, build, hf_loss, saved
-from _oracle import grads, rel_err
+from _oracle import grads, rel_err, saved_bytes_and_grads
 
 import hf_penal
 from hf_penal import PenalConfig, PenalConnection
@@ -74,14 +74,7 @@ def test_fp8_connection_gradient_is_grad_plus_tau_dequantized_z(dtype, zdtype):
 
 
 def _saved_bytes_and_grads(model, inputs):
-    seen = {}
-
-    def pack(t):
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        g, _, _ = grads(model, hf_loss(inputs))
-    return sum(seen.values()), g
+    return saved_bytes_and_grads(model, hf_loss(inputs))
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
