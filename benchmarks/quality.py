@@ -369,10 +369,6 @@ def arms(task: str, held_out_ratio: float | None = None) -> list[Arm]:
     return out
 
 
-def modes_available(tasks: list[Task]) -> dict:
-    return {}
-
-
 def ensure_probe_connections(model: nn.Module) -> None:
     """Give every residual site a τ = 0 connection (gradients unchanged) so ε can be read from any arm."""
     if not hf_penal.penal_config(model):

@@ -103,5 +103,5 @@ def sync_calibration(model: nn.Module) -> bool:
 
 def calibrated_taus(model: nn.Module) -> dict[str, float]:
     """``{site name: τ_l}`` of the calibrated ``tau="auto"`` sites (empty before calibration)."""
-    return {s.name: c.tau.item() for s, c in surgery.connections(surgery.penalized_root(model))
-            if c.auto and c.calibrated}
+    cfg = surgery.penal_config(surgery.penalized_root(model))  # reads the connections' calibrated τ_l
+    return dict(cfg.tau_calibrated or {}) if cfg is not None and cfg.auto else {}

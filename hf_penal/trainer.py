@@ -123,10 +123,7 @@ def _validate(s: Any) -> None:
     if not isinstance(s.penal, bool):
         bad("penal", "True or False")
     if s.penal_tau is not None:
-        try:
-            s.penal_tau = check_tau(s.penal_tau, "PenalTrainingArguments field 'penal_tau'")
-        except ValueError as e:
-            raise ValueError(f"{e}") from None
+        s.penal_tau = check_tau(s.penal_tau, "PenalTrainingArguments field 'penal_tau'")
     if s.penal_tau_ratio is not None:
         try:
             PenalConfig(tau_ratio=s.penal_tau_ratio)

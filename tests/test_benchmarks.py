@@ -32,15 +32,20 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     assert text.count("<!-- a:begin -->") == 1 and text.count("<!-- b:end -->") == 1
 
 
+def _run(script, argv):
+    """`script.main(argv)` in this process; the scripts set torch's thread count, which is restored after."""
+    threads = torch.get_num_threads()
+    try:
+        script.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_benchmark_scripts_write_tables_with_expected_rows(tmp_path):
     overhead = _load("overhead")
     out = tmp_path / "BENCHMARKS.md"
-    threads = torch.get_num_threads()
-    try:
-        overhead.main(["--preset", "tiny", "--models", "bert", "resnet", "--repeats", "1", "--warmup", "0",
-                       "--threads", "1", "--llama-layers", "2", "--llama-hidden", "256", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    _run(overhead, ["--preset", "tiny", "--models", "bert", "resnet", "--repeats", "1", "--warmup", "0",
+                    "--threads", "1", "--llama-layers", "2", "--llama-hidden", "256", "--out", str(out)])
     text = out.read_text()
 
     section = text.split("<!-- overhead-cpu:begin -->")[1].split("<!-- overhead-cpu:end -->")[0]
@@ -58,12 +63,8 @@ def test_benchmark_scripts_write_tables_with_expected_rows(tmp_path):
 def test_quality_study_selects_by_its_rule_then_reports_the_held_out_task(tmp_path):
     quality = _load("quality")
     out = tmp_path / "BENCHMARKS.md"
-    threads = torch.get_num_threads()
-    try:
-        quality.main(["--preset", "tiny", "--seeds", "1", "--tasks", "bbc", "mnist", "--threads", "1",
-                      "--out", str(out), "--json", str(tmp_path / "runs.json")])
-    finally:
-        torch.set_num_threads(threads)
+    _run(quality, ["--preset", "tiny", "--seeds", "1", "--tasks", "bbc", "mnist", "--threads", "1", "--out", str(out),
+                   "--json", str(tmp_path / "runs.json")])
     section = out.read_text().split("<!-- quality:begin -->")[1].split("<!-- quality:end -->")[0]
     assert "### bbc" in section and "### mnist — **held out**" in section and "Selection rule" in section
     for arm in ("plain", "paper τ=0.0003", "auto ρ=0.01", "auto ρ=0.03", "auto ρ=0.1", "auto ρ=0.3"):
