@@ -180,7 +180,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     import torch
 
     import hf_penal
-    from hf_penal.sites import ProbeFailedError
+    from hf_penal.discovery import ProbeFailedError
     sys.path.insert(0, str(ROOT / "tests"))
     from _oracle import grads, rel_err
 
@@ -207,7 +207,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     if not found:
         rec.update(status="no site")
-        from hf_penal.sites import branch_candidates
+        from hf_penal.discovery import branch_candidates
         cands = branch_candidates(model, example_inputs[0] if example_inputs else None)[:3]
         rec["cause"] = "probe ran, no residual add seen; candidates: " + (", ".join(cands) or "none")
         return rec
@@ -287,7 +287,8 @@ def run_one(library: str, name: str, timeout: float) -> dict:
         except Exception as e:  # noqa: BLE001
             rec.update(builds=False, status="does not build", cause=_cause(e))
             return rec
-        cands = given or sys.modules["hf_penal.sites"]._example_inputs(model)
+        from hf_penal.discovery import probe_inputs
+        cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))
     except _Timeout:
         rec.update(status="timeout", cause=f"over {timeout:g} s")

@@ -7,8 +7,8 @@ that reaches the branch output z: the gradient of an extra loss (τ/2)·Σ‖z�
 """
 from .calibration import calibrate
 from .config import PenalConfig
+from .discovery import NoResidualSiteError, ResidualSite
 from .ops import PenalConnection, penal
-from .sites import NoResidualSiteError, ResidualSite
 from .surgery import apply, penal_config, remove, set_loss_scale, set_tau, sites
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ branches. A branch is ``(path, output_index, kind, x_path)``:
   supported for that block.
 
 Blocks whose add modifies z in place are listed in `INPLACE_ADD`. Verified against transformers 5.23 and
-timm 1.0.31 by the test-suite; architectures not listed go through the generic probe in `hf_penal.sites`.
+timm 1.0.31 by the test-suite; architectures not listed go through the generic probe in `hf_penal.discovery`.
 """
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ def _saved_taus(saved, found) -> dict:
 
 
 def inspect(target: str, out=None) -> int:
+    from .discovery import discover
     from .recompute import plan
-    from .sites import discover
 
     out = out or sys.stdout
     model, saved = _load_for_inspect(target)

@@ -22,8 +22,8 @@ from torch import nn
 from . import recompute
 from ._hooks import remove_hooks
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
+from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
 from .ops import PenalConnection
-from .sites import NoResidualSiteError, ResidualSite, discover, user_sites
 
 CONNECTION = "penal_connection"
 MODE = "residual_mode"
@@ -175,7 +175,7 @@ def select_sites(found: list[ResidualSite], spec, model: nn.Module | None = None
 
 
 def _no_site_message(model: nn.Module, example_inputs: Any = None) -> str:
-    from .sites import branch_candidates  # noqa: PLC0415
+    from .discovery import branch_candidates  # noqa: PLC0415
     cands = branch_candidates(model, example_inputs)[:4]
     hint = (f" Submodules whose outputs enter an addition (candidates to check): sites={cands!r}." if cands else
             " The probe saw no submodule output enter an addition.")

@@ -6,7 +6,7 @@ from _oracle import grads, rel_err
 from torch import nn
 
 import hf_penal
-from hf_penal.sites import probe_sites
+from hf_penal.discovery import probe_sites
 
 TAU = 1e-2
 

@@ -399,7 +399,7 @@ def _timm_inputs(model: nn.Module) -> list[tuple]:
     return [((torch.randn(_BATCH, *s, generator=g),), {}) for s in dict.fromkeys(sizes)]
 
 
-def _example_inputs(model: nn.Module) -> list[tuple]:
+def probe_inputs(model: nn.Module) -> list[tuple]:
     """Candidate (args, kwargs) for the probe's forward pass, tried in order."""
     if hasattr(model, "config") and hasattr(model.config, "to_dict") and hasattr(model, "main_input_name"):
         return [((), kw) for kw in _transformers_inputs(model)]
@@ -464,7 +464,7 @@ def _probe(model: nn.Module, example_inputs: Any = None) -> _AddWatcher:
     if any(p.device.type == "meta" for p in model.parameters()):
         raise ProbeFailedError(f"the generic probe cannot run {model_name}: its parameters are on the meta device; "
                                f"load the weights first, or {fix}")
-    cands = [_as_call(example_inputs)] if example_inputs is not None else _example_inputs(model)
+    cands = [_as_call(example_inputs)] if example_inputs is not None else probe_inputs(model)
     if not cands:
         raise ProbeFailedError(f"the generic probe cannot build example inputs for {model_name} (its blocks are not "
                                f"in hf_penal's architecture table): {fix}")
