@@ -49,7 +49,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 import hf_penal  # noqa: E402
-from hf_penal.surgery import connections  # noqa: E402
 
 TAU = 3e-4
 MEM_TOL = 0.01
@@ -161,8 +160,7 @@ class ArmSwitch:
                 self.handles.append(modules[site.name].register_forward_hook(hook))
         dt = time.perf_counter() - t0
         if arm == "penal + ε":
-            for _, conn in connections(self.model):
-                conn.measure_efficiency = True
+            hf_penal.track_efficiency(self.model)
         self.arm = arm
         return dt
 

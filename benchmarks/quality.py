@@ -51,11 +51,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 import hf_penal  # noqa: E402
-from hf_penal.config import DEFAULT_TAU, DEFAULT_TAU_RATIO  # noqa: E402
-from hf_penal.schedules import depth_factor  # noqa: E402
-from hf_penal.surgery import connections, write_factors  # noqa: E402
+from hf_penal.config import DEFAULT_TAU_RATIO  # noqa: E402
 
 RATIOS = (0.01, 0.03, 0.1, 0.3)
+PAPER_TAU = 3e-4  # Chen et al.'s reference absolute τ
 
 
 # ----------------------------------------------------------------------------------------------------------- presets
@@ -358,7 +357,7 @@ class Arm:
 def arms(task: str, held_out_ratio: float | None = None) -> list[Arm]:
     """The arms of a task. Selection tasks: plain, the paper's τ, auto ρ ∈ RATIOS (the fine-tune also a depth
     profile and a τ warm-up at ρ 0.03). The held-out task: plain, the paper's τ and the selected default."""
-    base = [Arm("plain"), Arm(f"paper τ={DEFAULT_TAU:g}", dict(tau=DEFAULT_TAU))]
+    base = [Arm("plain"), Arm(f"paper τ={PAPER_TAU:g}", dict(tau=PAPER_TAU))]
     if task in HELD_OUT:
         ratio = held_out_ratio if held_out_ratio is not None else DEFAULT_TAU_RATIO[HELD_OUT[task]]
         return base + [Arm(f"auto ρ={ratio:g}", dict(tau="auto", tau_ratio=ratio))]
@@ -375,23 +374,23 @@ def ensure_probe_connections(model: nn.Module) -> None:
         hf_penal.apply(model, tau=0.0)
 
 
-def markov_efficiency(model: nn.Module, task: Task) -> tuple[float, float]:
-    """Mean ε over sites (and mean ‖z‖) of `model` on the task's held-out probe batch."""
+def probe_batch_efficiency(model: nn.Module, task: Task) -> tuple[float, float]:
+    """ε and ‖z‖ of `model` on the task's held-out probe batch, each the mean over *sites* (the library's
+    `markov_efficiency` gives them per site; this summary weights every site equally)."""
     ensure_probe_connections(model)
     model.eval()  # dropout off, batch-norm statistics frozen ...
-    conns = [c for _, c in connections(model)]
-    for c in conns:  # ... but the connections must act as in training
-        c.train()
-        c.measure_efficiency = True
-        c.read_stats(reset=True)
+    for m in model.modules():  # ... but the connections must act as in training
+        if isinstance(m, hf_penal.PenalConnection):
+            m.train()
+    hf_penal.track_efficiency(model)  # also resets the statistics
     model.zero_grad(set_to_none=True)
     task.loss(model, task.probe_batch).backward()
-    stats = [c.read_stats() for c in conns]
-    stats = [s for s in stats if s is not None and math.isfinite(s[0])]
+    stats = [v for v in hf_penal.markov_efficiency(model, per="site").values() if math.isfinite(v["efficiency"])]
+    hf_penal.track_efficiency(model, False)
     model.zero_grad(set_to_none=True)
     if not stats:
         return math.nan, math.nan
-    return sum(s[0] for s in stats) / len(stats), sum(s[1] for s in stats) / len(stats)
+    return (sum(v["efficiency"] for v in stats) / len(stats), sum(v["z_norm"] for v in stats) / len(stats))
 
 
 def lr_at(step: int, total: int, base: float, warmup: float) -> float:
@@ -406,8 +405,7 @@ def train_one(task: Task, arm: Arm, lr: float, seed: int) -> dict:
     model = task.build()
     if arm.apply is not None:
         hf_penal.apply(model, **arm.apply)
-    pairs = connections(model)
-    depth = [depth_factor(site.depth, site.n_layers, arm.depth_profile) for site, _ in pairs]
+    penalized = hf_penal.penal_config(model) is not None
     model.train()
     opt = task.optimizer(model, lr)
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -419,9 +417,8 @@ def train_one(task: Task, arm: Arm, lr: float, seed: int) -> dict:
     for step in range(task.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, task.steps, lr, warmup)
-        if pairs and (tau_warm or arm.depth_profile != "uniform"):
-            rel = min(1.0, step / tau_warm) if tau_warm else 1.0
-            write_factors(pairs, [rel * d for d in depth])
+        if penalized and (tau_warm or arm.depth_profile != "uniform"):
+            hf_penal.set_tau_factor(model, min(1.0, step / tau_warm) if tau_warm else 1.0, arm.depth_profile)
         loss = task.loss(model, task.train_batch(gen))
         if not torch.isfinite(loss):
             diverged = True
@@ -432,10 +429,11 @@ def train_one(task: Task, arm: Arm, lr: float, seed: int) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip)
         opt.step()
     train_s = time.perf_counter() - t0
-    taus = [c.tau.item() for _, c in pairs if c.auto]
+    cfg = hf_penal.penal_config(model)
+    taus = list((cfg.tau_calibrated or {}).values()) if cfg is not None else []
     model.eval()
     metric = task.evaluate(model)
-    eps, znorm = markov_efficiency(model, task) if not diverged else (math.nan, math.nan)
+    eps, znorm = probe_batch_efficiency(model, task) if not diverged else (math.nan, math.nan)
     return dict(metric=metric, eps=eps, znorm=znorm, diverged=diverged, final_loss=loss.item(), train_s=train_s,
                 wall_s=time.perf_counter() - wall0, tau_mean=sum(taus) / len(taus) if taus else None)
 

@@ -7,20 +7,20 @@ that reaches the branch output z: the gradient of an extra loss (τ/2)·Σ‖z�
 """
 from .calibration import calibrate
 from .config import PenalConfig
-from .discovery import NoResidualSiteError, ResidualSite
+from .discovery import NoResidualSiteError, ProbeFailedError, ResidualSite
 from .ops import PenalConnection, penal
-from .surgery import apply, penal_config, remove, set_loss_scale, set_tau, sites
+from .surgery import apply, penal_config, remove, set_loss_scale, set_tau, set_tau_factor, sites
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PenalConfig", "PenalConnection", "penal", "ResidualSite", "NoResidualSiteError",
-    "apply", "remove", "sites", "set_tau", "set_loss_scale", "penal_config", "calibrate",
-    "PenalTrainingArguments", "PenalTrainer", "PenalCallback", "markov_efficiency",
+    "PenalConfig", "PenalConnection", "penal", "ResidualSite", "NoResidualSiteError", "ProbeFailedError",
+    "apply", "remove", "sites", "set_tau", "set_tau_factor", "set_loss_scale", "penal_config", "calibrate",
+    "PenalTrainingArguments", "PenalTrainer", "PenalCallback", "markov_efficiency", "track_efficiency",
 ]
 
 _LAZY = {"PenalTrainingArguments": "trainer", "PenalTrainer": "trainer", "PenalCallback": "trainer",
-         "markov_efficiency": "diagnostics"}
+         "markov_efficiency": "diagnostics", "track_efficiency": "diagnostics"}
 
 
 def __getattr__(name):  # the trainer pulls in transformers.Trainer/accelerate: load it on first use

@@ -105,3 +105,14 @@ def calibrated_taus(model: nn.Module) -> dict[str, float]:
     """``{site name: τ_l}`` of the calibrated ``tau="auto"`` sites (empty before calibration)."""
     cfg = surgery.penal_config(surgery.penalized_root(model))  # reads the connections' calibrated τ_l
     return dict(cfg.tau_calibrated or {}) if cfg is not None and cfg.auto else {}
+
+
+def restore_calibration(model: nn.Module, taus: dict[str, float]) -> int:
+    """Set the calibrated τ_l of the ``tau="auto"`` sites named in `taus` (``{site name: τ_l}``, as
+    `calibrated_taus` gives them); returns how many were set."""
+    n = 0
+    for site, conn in surgery.connections(surgery.penalized_root(model)):
+        if conn.auto and site.name in taus:
+            conn.set_calibrated(float(taus[site.name]))
+            n += 1
+    return n

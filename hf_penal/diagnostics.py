@@ -10,7 +10,7 @@ that layer; the chain's efficiency is the mean over layers. The measurement ride
 (`PenalConnection.measure_efficiency`), so it costs nothing when switched off. A model without penal connections can
 be measured after ``hf_penal.apply(model, tau=0.0)`` (τ = 0 leaves the gradients unchanged).
 
-    hf_penal.diagnostics.track_efficiency(model)      # switch the probes on
+    hf_penal.track_efficiency(model)                  # switch the probes on
     loss.backward()                                   # any number of backward passes
     hf_penal.markov_efficiency(model)                 # {'bert.encoder.layer.0': {'efficiency': ..., 'z_norm': ...}}
 """

@@ -13,39 +13,23 @@ The connection's buffers are non-persistent: `state_dict()` and checkpoints are 
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import recompute
+from . import persistence, recompute
 from ._hooks import remove_hooks
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
 from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
 from .ops import PenalConnection
+from .schedules import depth_factor
 
 CONNECTION = "penal_connection"
 MODE = "residual_mode"
 _STATE = "_hf_penal"
-_PRETRAINED = "_hf_penal_pretrained"  # set by the integrations: the model was loaded with weights (True) or not
-
-
-def mark_pretrained(model: nn.Module, pretrained: bool) -> None:
-    """Record whether `model` was loaded with weights (the integrations call this; it picks the default ρ)."""
-    model.__dict__[_PRETRAINED] = bool(pretrained)
-
-
-def loaded_with_weights(model: nn.Module) -> bool:
-    """Was `model` loaded from a checkpoint (fine-tuning) rather than built from a config (training from scratch)?
-    The integrations' record when there is one, else a transformers config's ``_name_or_path``."""
-    if _PRETRAINED in model.__dict__:
-        return model.__dict__[_PRETRAINED]
-    for m in model.modules():  # a wrapper around a loaded model
-        if _PRETRAINED in m.__dict__:
-            return m.__dict__[_PRETRAINED]
-    return bool(str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""))
-
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -115,10 +99,6 @@ def penalized_root(model: nn.Module) -> nn.Module:
     return model
 
 
-def is_penalized(model: nn.Module) -> bool:
-    return _state(model) is not None
-
-
 def penal_config(model: nn.Module) -> PenalConfig | None:
     """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
     ``tau_calibrated``), or None."""
@@ -137,7 +117,7 @@ def record_settings(model: nn.Module) -> None:
     (transformers) or ``pretrained_cfg["penal"]`` (timm). `save_pretrained` calls this."""
     cfg = penal_config(model)
     if cfg is not None and not model.__dict__[_STATE].probe_only:
-        _record_config(model, cfg)
+        persistence.record(model, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------------ sites
@@ -200,8 +180,9 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
         config = penal_config(model)  # with the calibration so far
     cfg = resolve_config(config, **fields)
     if cfg.auto and cfg.tau_ratio is None:
-        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if loaded_with_weights(model) else "scratch"])
-    prior = getattr(getattr(model, "config", None), "penal", None)  # as loaded from the checkpoint's config.json
+        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if persistence.loaded_with_weights(model)
+                                                      else "scratch"])
+    prior = persistence.saved_settings(model)  # as loaded with the checkpoint
     old_sites = st.sites if st is not None else None
     old_modes = _current_modes(model, old_sites)
     if st is not None:  # discover on the plain structure
@@ -220,13 +201,15 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
             _attach(model, old_sites, st.config, old_modes)
         raise
     _attach(model, chosen, cfg, modes)
-    model.__dict__[_STATE] = _PenalState(cfg, chosen, _pairs(model, chosen))
-    _record_config(model, cfg)
+    new = _PenalState(cfg, chosen, _pairs(model, chosen))
+    new.warned = st is not None and st.warned and _same_mode(st.config, cfg)  # said once per mode
+    model.__dict__[_STATE] = new
+    persistence.record(model, cfg)
     if cfg.mode != "identity":
         if isinstance(prior, dict) and _same_mode(prior, cfg):
-            model.__dict__[_STATE].warned = True  # the checkpoint was saved with this mode: its function is unchanged
-        elif str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""):
-            warn_if_pretrained(model, cfg, pretrained=True)  # loaded from a checkpoint
+            new.warned = True  # the checkpoint was saved with this mode: its function is unchanged
+        elif persistence.loaded_with_weights(model):
+            _warn_mode_changes_checkpoint(model, cfg)
     return model
 
 
@@ -301,29 +284,12 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
     recompute.detach(model)
 
 
-def _record_config(model: nn.Module, cfg: PenalConfig | None) -> None:
-    conf = getattr(model, "config", None)
-    pcfg = getattr(model, "pretrained_cfg", None)  # timm
-    if isinstance(pcfg, dict):
-        if cfg is None:
-            pcfg.pop("penal", None)
-        else:
-            pcfg["penal"] = cfg.to_dict()
-    if conf is None or not hasattr(conf, "to_dict"):
-        return
-    if cfg is None:
-        if "penal" in conf.__dict__:
-            delattr(conf, "penal")
-    else:
-        conf.penal = cfg.to_dict()
-
-
 def attach_probes(model: nn.Module, sites="all") -> nn.Module:
     """τ = 0 connections that only measure (ε, ‖z‖; gradients unchanged) on a model without penal connections;
     nothing is recorded in its config, so its checkpoints stay plain."""
     apply(model, tau=0.0, sites=sites)
     _state(model).probe_only = True
-    _record_config(model, None)
+    persistence.forget(model)
     return model
 
 
@@ -334,7 +300,7 @@ def remove(model: nn.Module) -> nn.Module:
         return model
     _detach(model, st.sites)
     del model.__dict__[_STATE]
-    _record_config(model, None)
+    persistence.forget(model)
     return model
 
 
@@ -356,11 +322,17 @@ def _pairs(model: nn.Module, chosen: list[ResidualSite]) -> list[tuple[ResidualS
     return out
 
 
-def write_factors(pairs: list, factors: list) -> None:
-    """Set the schedule multiplier of each connection (τ used = τ_l × factor); the recorded config is untouched."""
+def set_tau_factor(model: nn.Module, factor: float, depth_profile: str = "uniform") -> None:
+    """Multiply every site's τ by `factor` times the depth profile's value at the site's layer (``"uniform"``: 1,
+    ``"increasing"``: 0 at the first layer to 1 at the last, ``"decreasing"``: the reverse): a τ schedule in a
+    hand-written loop (PenalTrainer does it each step). The configured / calibrated τ_l and the recorded config are
+    untouched; ``set_tau_factor(model, 1.0)`` restores them."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
+        raise ValueError(f"set_tau_factor: factor must be a finite number >= 0; got {factor!r}")
+    pairs = connections(penalized_root(model))
     with torch.no_grad():
-        for (_, conn), f in zip(pairs, factors):
-            conn.factor.fill_(f)
+        for site, conn in pairs:
+            conn.factor.fill_(factor * depth_factor(site.depth, site.n_layers, depth_profile))
 
 
 def set_tau(model: nn.Module, tau: float | str) -> None:
@@ -377,7 +349,7 @@ def set_tau(model: nn.Module, tau: float | str) -> None:
         for _, conn in connections(model):
             conn.tau.fill_(tau)
     st.config = st.config.replace(tau=tau)
-    _record_config(model, st.config)
+    persistence.record(model, st.config)
 
 
 def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: int = 1) -> None:
@@ -396,13 +368,11 @@ def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: in
                 conn.gain.fill_(float(scale) * world_size)
 
 
-def warn_if_pretrained(model: nn.Module, cfg: PenalConfig, pretrained: bool) -> None:
+def _warn_mode_changes_checkpoint(model: nn.Module, cfg: PenalConfig) -> None:
     """Residual modes other than "identity" change the function a checkpoint computes: say so once."""
     st = _state(model)
-    if st is not None and st.warned:
+    if st.warned:
         return
-    if cfg.mode != "identity" and pretrained:
-        if st is not None:
-            st.warned = True
-        warnings.warn(f"hf_penal: mode={cfg.mode!r} changes the forward function of a pretrained model; its outputs "
-                      f"will differ from the checkpoint's until it is fine-tuned", UserWarning, stacklevel=3)
+    st.warned = True
+    warnings.warn(f"hf_penal: mode={cfg.mode!r} changes the forward function of a pretrained model; its outputs "
+                  f"will differ from the checkpoint's until it is fine-tuned", UserWarning, stacklevel=3)

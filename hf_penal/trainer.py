@@ -37,9 +37,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import DefaultFlowCallback
 from transformers.utils import logging
 
-from . import surgery
-from .calibration import calibrated_taus, sync_calibration
-from .config import PenalConfig, check_tau
+from . import persistence, surgery
+from .calibration import calibrated_taus, restore_calibration, sync_calibration
+from .config import PenalConfig, check_tau, resolve_config
 from .diagnostics import efficiency_metrics, track_efficiency
 from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
 
@@ -237,7 +237,7 @@ class PenalCallback(TrainerCallback):
         s = self.settings
         root = surgery.penalized_root(model)
         active = surgery.penal_config(root)
-        saved = getattr(getattr(root, "config", None), "penal", None) if active is None else None
+        saved = persistence.saved_settings(root) if active is None else None
         self._probe_only = False
         if not s.penal:
             if active is not None:
@@ -256,10 +256,8 @@ class PenalCallback(TrainerCallback):
                 changed = {k: v for k, v in given.items() if getattr(base, k) != v}
                 if changed:
                     logger.info(f"hf_penal: training arguments override the model's penal settings {changed}")
-                if {"tau", "tau_ratio"} & set(changed):
-                    changed["tau_calibrated"] = None  # a new strength: calibrate again
-                if active is None or set(changed) - {"tau", "tau_calibrated"}:
-                    surgery.apply(root, base.replace(**changed))
+                if active is None or set(changed) - {"tau"}:
+                    surgery.apply(root, resolve_config(base, **changed))  # a new strength calibrates again
                 elif changed:
                     surgery.set_tau(root, changed["tau"])
             else:
@@ -332,7 +330,7 @@ class PenalCallback(TrainerCallback):
             sync_calibration(model)  # every rank: the τ_l of the global batch
             self._sync_pending = False
         rel = self._schedule(state.global_step, state.max_steps)
-        surgery.write_factors(pairs, [rel * d for d in self._depth])
+        surgery.set_tau_factor(model, rel, self._schedule.depth_profile)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         scale = _scale_of(getattr(getattr(trainer, "accelerator", None), "scaler", None))
         surgery.set_loss_scale(surgery.penalized_root(model), 1.0 if scale is None else scale, self._world)
@@ -372,10 +370,7 @@ class PenalCallback(TrainerCallback):
             logger.warning(f"hf_penal: resuming without {path}: tau='auto' calibrates again on this run's first step")
             return
         with open(path) as f:
-            taus = json.load(f)
-        for site, conn in self._pairs(model):
-            if site.name in taus:
-                conn.set_calibrated(taus[site.name])
+            restore_calibration(model, json.load(f))
         self._sync_pending = False
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -387,7 +382,7 @@ class PenalCallback(TrainerCallback):
         if self.settings.penal_log_efficiency:
             track_efficiency(model, False)
         # leave the model as configured: schedule factor 1, unit gain; calibrated τ_l stay
-        surgery.write_factors(pairs, [1.0] * len(pairs))
+        surgery.set_tau_factor(model, 1.0)
         surgery.set_loss_scale(surgery.penalized_root(model), 1.0)
         surgery.record_settings(surgery.penalized_root(model))
 

@@ -454,6 +454,31 @@ def test_from_pretrained_with_mode_warns_once(tmp_path):
     assert len([w for w in caught if "changes the forward function" in str(w.message)]) == 1
 
 
+def test_mode_warning_only_for_models_loaded_with_weights(tmp_path):
+    """from_config builds random weights (even from a config read out of a checkpoint folder, which sets
+    _name_or_path): a mode changes no checkpoint's function there, so no warning; timm warns only with weights."""
+    from transformers import AutoConfig, AutoModel
+    _bert().save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config._name_or_path  # what the old heuristic took for "pretrained"
+
+    def mode_warnings(build):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build()
+        return len([w for w in caught if "changes the forward function" in str(w.message)])
+
+    assert mode_warnings(lambda: AutoModel.from_config(config, penal={"mode": "layernorm"})) == 0
+    assert mode_warnings(lambda: AutoModel.from_pretrained(tmp_path, penal={"mode": "layernorm"})) == 1
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    save_file(timm.create_model("resnet18", num_classes=4).state_dict(), str(tmp_path / "r.safetensors"))
+    assert mode_warnings(lambda: timm.create_model("resnet18", num_classes=4, penal={"mode": "scaled"})) == 0
+    overlay = dict(file=str(tmp_path / "r.safetensors"))
+    assert mode_warnings(lambda: timm.create_model("resnet18", num_classes=4, pretrained=True,
+                                                   pretrained_cfg_overlay=overlay, penal={"mode": "scaled"})) == 1
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw, field", [
     ({"mode": "teleport"}, "mode"), ({"mode": "entangled", "mapping": "dense"}, "mapping"),
@@ -484,4 +509,4 @@ def test_probe_sites_refuse_modes_before_touching_the_model():
     assert hf_penal.sites(model, example_inputs=torch.zeros(1, 4))  # the probe finds them
     with pytest.raises(ValueError, match="mode"):
         hf_penal.apply(model, mode="scaled", skip_scale=0.5, example_inputs=torch.zeros(1, 4))
-    assert not hf_penal.surgery.is_penalized(model) and not model[0].fc._forward_hooks
+    assert hf_penal.penal_config(model) is None and not model[0].fc._forward_hooks

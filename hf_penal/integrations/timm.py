@@ -25,10 +25,10 @@ def _wrap(func):
         penal, fields, given = pop_penal_kwargs(kwargs)
         example_inputs = fields.pop("example_inputs", None)  # for the generic probe, not a PenalConfig field
         pretrained = bool(kwargs.get("pretrained") or kwargs.get("checkpoint_path") or (len(args) > 1 and args[1]))
+        from .. import persistence  # noqa: PLC0415
         if not given or penal is False:
             model = func(*args, **kwargs)
-            from .. import surgery  # noqa: PLC0415
-            surgery.mark_pretrained(model, pretrained)
+            persistence.mark_pretrained(model, pretrained)
             return model
         from .. import surgery  # noqa: PLC0415
         from ..config import resolve_config  # noqa: PLC0415
@@ -37,9 +37,8 @@ def _wrap(func):
         _check_local_files(kwargs)
         with outermost():
             model = func(*args, **kwargs)
-        surgery.mark_pretrained(model, pretrained)
-        surgery.apply(model, cfg, example_inputs=example_inputs)
-        surgery.warn_if_pretrained(model, cfg, pretrained=pretrained)
+        persistence.mark_pretrained(model, pretrained)
+        surgery.apply(model, cfg, example_inputs=example_inputs)  # warns when a mode changes loaded weights
         return model
 
     create_model._hf_penal = True

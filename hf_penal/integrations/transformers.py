@@ -62,15 +62,15 @@ def _load_mode_weights(model, source, kwargs) -> int:
 
 
 def _finish(model, penal, fields, given, source=None, kwargs=None, example_inputs=None):
-    from .. import surgery  # noqa: PLC0415
+    from .. import persistence, surgery  # noqa: PLC0415
     from ..config import resolve_config  # noqa: PLC0415
 
-    surgery.mark_pretrained(model, source is not None)  # from_pretrained: loaded with weights
+    persistence.mark_pretrained(model, source is not None)  # from_pretrained: loaded with weights
     if penal is False:
         surgery.remove(model)
-        surgery._record_config(model, None)
+        persistence.forget(model)
         return model
-    saved = getattr(getattr(model, "config", None), "penal", None)
+    saved = persistence.saved_settings(model)
     if saved is not None and not isinstance(saved, dict):
         raise TypeError(f"config.json field 'penal' must be a dict of PenalConfig fields (as written by "
                         f"save_pretrained), got {type(saved).__name__} {saved!r}")
@@ -88,7 +88,6 @@ def _finish(model, penal, fields, given, source=None, kwargs=None, example_input
     surgery.apply(model, cfg, example_inputs=example_inputs)
     if cfg.mode != "identity":
         _load_mode_weights(model, source, kwargs or {})
-    surgery.warn_if_pretrained(model, cfg, pretrained=True)
     return model
 
 
