@@ -10,6 +10,7 @@ import os
 import sys
 
 from .integrations import close_timm_names, looks_like_path, missing_dir_message
+from .persistence import saved_settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +38,7 @@ def _load_for_inspect(target: str):
         config = transformers.AutoConfig.from_pretrained(target)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
-        saved = getattr(config, "penal", None)
+        saved = saved_settings(config)
         with torch.device("meta"):
             model = cls._from_config(config, penal=False) if cls else transformers.AutoModel.from_config(
                 config, penal=False)
@@ -63,8 +64,9 @@ def _load_for_inspect(target: str):
             raise ValueError(f"unknown model {target!r}: not a timm model name (close matches: {', '.join(close)}), "
                              f"not a local directory, {reason}") from None
         raise FileNotFoundError(f"{missing_dir_message(target)}; not a timm model name either, and {reason}") from None
+    saved = saved_settings(config)
     with torch.device("meta"):
-        return transformers.AutoModel.from_config(config, penal=False), getattr(config, "penal", None)
+        return transformers.AutoModel.from_config(config, penal=False), saved
 
 
 def _saved_taus(saved, found) -> dict:

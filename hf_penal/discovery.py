@@ -61,16 +61,61 @@ class NoResidualSiteError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------------ table
+def module_at(block: nn.Module, path: str) -> nn.Module | None:
+    """The submodule at a dotted `path` of `block` ("" is the block itself), or None."""
+    mod = block
+    for part in filter(None, path.split(".")):
+        mod = getattr(mod, part, None)
+        if not isinstance(mod, nn.Module):
+            return None
+    return mod
+
+
 def _resolve_path(block: nn.Module, path: str) -> str | None:
-    for alt in path.split("|"):
-        mod = block
-        for part in alt.split("."):
-            mod = getattr(mod, part, None) if isinstance(mod, nn.Module) else None
-            if mod is None:
-                break
-        if isinstance(mod, nn.Module):
-            return alt
+    """The first of the table's ``a|b`` alternatives that exists in `block`."""
+    return next((alt for alt in path.split("|") if alt and module_at(block, alt) is not None), None)
+
+
+def _width(mod: nn.Module) -> int | None:
+    """Feature width of a module (its output features / channels / normalized size), or None."""
+    for attr in ("num_features", "out_features", "out_channels"):
+        v = getattr(mod, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    shape = getattr(mod, "normalized_shape", None)
+    if isinstance(shape, (tuple, list)) and shape:
+        return int(shape[-1])
+    w = getattr(mod, "weight", None)
+    if isinstance(w, torch.Tensor) and w.dim() == 1:
+        return int(w.numel())
     return None
+
+
+def resolve_tensor_spec(block: nn.Module, spec: str) -> tuple[str, str] | None:
+    """The first ``how@path`` alternative of a table spec (``how@path|how@path``, see `hf_penal.architectures`) whose
+    module exists in `block`: (how the tensor is taken, module path relative to the block), or None."""
+    for alt in spec.partition("~")[0].split("|"):
+        how, _, path = alt.partition("@")
+        if module_at(block, path) is not None:
+            return how, path
+    return None
+
+
+def skip_input(block: nn.Module, spec: str) -> tuple[str, str, int | None]:
+    """Resolve a table skip spec (``how@path|...~width_path``) on one block: (how x is taken, module path relative
+    to the block, feature width or None). ValueError (field 'mode') when none of the alternatives exists."""
+    found = resolve_tensor_spec(block, spec)
+    if found is None:
+        raise ValueError(f"PenalConfig field 'mode': skip input {spec!r} not found in {type(block).__name__}")
+    how, path = found
+    width_paths = spec.partition("~")[2]
+    width = None
+    for wp in width_paths.split("|") if width_paths else [path]:
+        wmod = module_at(block, wp)
+        width = _width(wmod) if wmod is not None else None
+        if width is not None:
+            break
+    return how, path, width
 
 
 def _table_sites(model: nn.Module) -> list[dict]:
@@ -515,7 +560,7 @@ def _layer_of(model: nn.Module, block: str, modules: dict) -> str:
     return block
 
 
-def _finish(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
+def _as_sites(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
     modules = dict(model.named_modules())
     layers: list[str] = []
     for s in raw:
@@ -537,7 +582,7 @@ def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) 
             if strict:
                 raise
             raw = []
-    return _finish(model, raw)
+    return _as_sites(model, raw)
 
 
 def user_sites(model: nn.Module, names: Iterable[str]) -> list[ResidualSite]:
@@ -549,4 +594,4 @@ def user_sites(model: nn.Module, names: Iterable[str]) -> list[ResidualSite]:
             raise ValueError(f"sites: {n!r} is not a submodule of the model")
         raw.append(dict(name=n, block=n.rsplit(".", 1)[0] if "." in n else "", kind=_guess_kind(n, modules[n]),
                         output_index=None, inplace=True, skip=None, source="user"))
-    return _finish(model, raw)
+    return _as_sites(model, raw)

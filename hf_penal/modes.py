@@ -12,15 +12,14 @@ z = F(x), each mode computes y:
 LN and M act on the feature dimension: the hidden size for token sites, channels (per pixel, a 1×1 mixing) for
 convolutional sites.
 
-Mechanism (no forward is replaced): the model still computes ``x + z'`` itself. A capture hook records x where the
-architecture table says it lives (`hf_penal.architectures`: the input of the branch's pre-norm, BERT's
-``input_tensor``, timm ResNet's ``downsample`` output, ...), and the site hook (`hf_penal.surgery`) hands the mode
-z. Whichever of the two arrives second gets rewritten: usually z, into z' = y − x; where the shortcut is computed
-after the branch (timm ResNet ``downsample``, ConvNeXt ``shortcut``) the shortcut's output, into x' = y − z. The
-pending tensor is consumed at once, so repeated calls of a block and gradient-checkpointing recomputes see fresh
-values.
+Mechanism (no forward is replaced): the model still computes ``x + z'`` itself. A capture hook (`hf_penal.hooks`)
+records x where the architecture table says it lives (`hf_penal.architectures`: the input of the branch's pre-norm,
+BERT's ``input_tensor``, timm ResNet's ``downsample`` output, ...), and the site hook hands the mode z. Whichever of
+the two arrives second gets rewritten: usually z, into z' = y − x; where the shortcut is computed after the branch
+(timm ResNet ``downsample``, ConvNeXt ``shortcut``) the shortcut's output, into x' = y − z. The pending tensor is
+consumed at once, so repeated calls of a block and gradient-checkpointing recomputes see fresh values.
 
-Each mode is a small module whose ``forward(x, z)`` is the formula above; `MODES` maps config names to classes and
+Each mode is a small module whose ``forward(x, z)`` is the formula above; `MODE_CLASSES` maps config names to classes;
 `create_mode` builds one from a `PenalConfig`. Fixed entangled matrices are non-persistent buffers rebuilt from the
 config's seed; LayerNorm parameters and a learnable M are ordinary parameters (saved in the state_dict).
 """
@@ -32,10 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._hooks import remove_hooks
-
 __all__ = [
-    "MODES",
+    "MODE_CLASSES",
     "ChannelLayerNorm",
     "EntangledSkip",
     "LayerNormSkip",
@@ -61,8 +58,10 @@ class ResidualMode(nn.Module):
     def __init__(self, channel_dim: int = -1):
         super().__init__()
         self.channel_dim = channel_dim
-        self.x_first = True  # set by `build_mode_modules`: False where the shortcut is computed after the branch
-        self.site = ""
+        # where the model wiring puts this module (set by the surgery that builds it):
+        self.site = ""  # the site's name
+        self.skip_at: tuple[str, str] = ("", "")  # (module name, how) where the skip input x is captured
+        self.x_first = True  # False where the shortcut is computed after the branch
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -89,6 +88,9 @@ class ResidualMode(nn.Module):
                                f"the block no longer runs as hf_penal.architectures describes")
         return self.branch_delta(x, z)
 
+    def drop_pending(self) -> None:
+        self._pending = None
+
     def take_shortcut_output(self, x: torch.Tensor) -> torch.Tensor:
         z, self._pending = self._pending, None
         if z is None:
@@ -103,23 +105,23 @@ class ResidualMode(nn.Module):
 
 
 class ScaledSkip(ResidualMode):
-    """xSkip: y = λ·x + z. ``lambd`` is λ (1.0 is the plain skip)."""
+    """xSkip: y = λ·x + z. ``skip_scale`` is λ (1.0 is the plain skip)."""
 
-    def __init__(self, lambd: float = 1.0, channel_dim: int = -1):
+    def __init__(self, skip_scale: float = 1.0, channel_dim: int = -1):
         super().__init__(channel_dim)
-        self.lambd = float(lambd)
+        self.skip_scale = float(skip_scale)
 
     def forward(self, x, z):
-        return torch.add(z, x, alpha=self.lambd)
+        return torch.add(z, x, alpha=self.skip_scale)
 
     def branch_delta(self, x, z):
-        return torch.add(z, x, alpha=self.lambd - 1.0)  # exact where λ = 1
+        return torch.add(z, x, alpha=self.skip_scale - 1.0)  # exact where λ = 1
 
     def skip_delta(self, x, z):
-        return x * self.lambd
+        return x * self.skip_scale
 
     def extra_repr(self) -> str:
-        return f"lambd={self.lambd:g}"
+        return f"skip_scale={self.skip_scale:g}"
 
 
 class ChannelLayerNorm(nn.Module):
@@ -151,38 +153,38 @@ class ChannelLayerNorm(nn.Module):
 class LayerNormSkip(ResidualMode):
     """xSkip+LN: y = LN(λ·x + z), with a fresh LayerNorm (γ=1, β=0) over the feature dimension."""
 
-    def __init__(self, num_features: int, lambd: float = 1.0, eps: float = 1e-5, channel_dim: int = -1):
+    def __init__(self, num_features: int, skip_scale: float = 1.0, eps: float = 1e-5, channel_dim: int = -1):
         super().__init__(channel_dim)
-        self.lambd = float(lambd)
+        self.skip_scale = float(skip_scale)
         self.norm = ChannelLayerNorm(num_features, eps, channel_dim)
 
     def forward(self, x, z):
-        return self.norm(torch.add(z, x, alpha=self.lambd))
+        return self.norm(torch.add(z, x, alpha=self.skip_scale))
 
     def extra_repr(self) -> str:
-        return f"lambd={self.lambd:g}"
+        return f"skip_scale={self.skip_scale:g}"
 
 
 class RecursiveLayerNormSkip(ResidualMode):
     """rSkip+LN: y_1 = LN_1(λ·x + z), y_k = LN_k(λ·x + y_{k-1}) for k = 2..K; y = y_K. One LayerNorm per step.
-    K = 1 is `LayerNormSkip`."""
+    ``recursions`` is the paper's K; K = 1 is `LayerNormSkip`."""
 
-    def __init__(self, num_features: int, K: int = 2, lambd: float = 1.0, eps: float = 1e-5,  # K: the paper's symbol
+    def __init__(self, num_features: int, recursions: int = 2, skip_scale: float = 1.0, eps: float = 1e-5,
                  channel_dim: int = -1):
         super().__init__(channel_dim)
-        if int(K) < 1:
-            raise ValueError(f"PenalConfig field 'recursions' (K) must be an integer >= 1; got {K!r}")
-        self.K, self.lambd = int(K), float(lambd)
-        self.norms = nn.ModuleList(ChannelLayerNorm(num_features, eps, channel_dim) for _ in range(self.K))
+        if int(recursions) < 1:
+            raise ValueError(f"PenalConfig field 'recursions' (K) must be an integer >= 1; got {recursions!r}")
+        self.recursions, self.skip_scale = int(recursions), float(skip_scale)
+        self.norms = nn.ModuleList(ChannelLayerNorm(num_features, eps, channel_dim) for _ in range(self.recursions))
 
     def forward(self, x, z):
         y = z
         for norm in self.norms:
-            y = norm(torch.add(y, x, alpha=self.lambd))
+            y = norm(torch.add(y, x, alpha=self.skip_scale))
         return y
 
     def extra_repr(self) -> str:
-        return f"K={self.K}, lambd={self.lambd:g}"
+        return f"recursions={self.recursions}, skip_scale={self.skip_scale:g}"
 
 
 class EntangledSkip(ResidualMode):
@@ -225,7 +227,7 @@ class EntangledSkip(ResidualMode):
 
 
 #: config name → module class ("identity" keeps the model's own add and builds no module)
-MODES: dict[str, type | None] = {
+MODE_CLASSES: dict[str, type | None] = {
     "identity": None,
     "scaled": ScaledSkip,
     "layernorm": LayerNormSkip,
@@ -296,134 +298,7 @@ def create_mode(cfg, num_features: int, channel_dim: int = -1, site: str = "") -
             raise ValueError(f"PenalConfig field 'mapping' must be one of orthogonal, sparse, structural; "
                              f"got {cfg.mapping!r}")
         return EntangledSkip(M, cfg.learnable, cfg.mapping, channel_dim)
-    raise ValueError(f"PenalConfig field 'mode' must be one of {list(MODES)}; got {cfg.mode!r}")
-
-
-# ------------------------------------------------------------------------------------------------------------ wiring
-def _module_at(block: nn.Module, path: str) -> nn.Module | None:
-    mod = block
-    for part in path.split(".") if path else ():
-        mod = getattr(mod, part, None)
-        if not isinstance(mod, nn.Module):
-            return None
-    return mod
-
-
-def _width(mod: nn.Module) -> int | None:
-    for attr in ("num_features", "out_features", "out_channels"):
-        v = getattr(mod, attr, None)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    shape = getattr(mod, "normalized_shape", None)
-    if isinstance(shape, (tuple, list)) and shape:
-        return int(shape[-1])
-    w = getattr(mod, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 1:
-        return int(w.numel())
-    return None
-
-
-def parse_skip(block: nn.Module, spec: str) -> tuple[str, str, int | None]:
-    """Resolve an architecture-table skip spec on one block: (how, path relative to the block, feature width)."""
-    alts, _, width_paths = spec.partition("~")
-    for alt in alts.split("|"):
-        how, _, path = alt.partition("@")
-        mod = _module_at(block, path)
-        if mod is None:
-            continue
-        width = None
-        for wp in width_paths.split("|") if width_paths else [path]:
-            wmod = _module_at(block, wp)
-            width = _width(wmod) if wmod is not None else None
-            if width is not None:
-                break
-        return how, path, width
-    raise ValueError(f"PenalConfig field 'mode': skip input {spec!r} not found in {type(block).__name__}")
-
-
-def build_mode_modules(model: nn.Module, sites, cfg) -> dict:
-    """One mode module per site ({site name: module}); raises ValueError (field 'mode') before touching the model
-    when a site's skip input is unknown (sites from the generic probe or given by name)."""
-    unknown = [s.name for s in sites if not s.skip]
-    if unknown:
-        raise ValueError(
-            f"PenalConfig field 'mode': mode={cfg.mode!r} rewrites the residual add, so hf_penal must know where each "
-            f"site's skip input x comes from; it knows that only for blocks in hf_penal.architectures.BRANCHES, and "
-            f"{len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe or given by name. Use "
-            f"mode='identity' (penal only) for this model, or add its block class to the table with an x_path.")
-    modules = dict(model.named_modules())
-    plan = []
-    for s in sites:
-        block = modules[s.block]
-        how, path, width = parse_skip(block, s.skip)
-        if width is None and cfg.mode != "scaled":
-            raise ValueError(f"PenalConfig field 'mode': cannot tell the feature width at site {s.name!r} "
-                             f"(skip spec {s.skip!r})")
-        plan.append((s, how, ".".join(p for p in (s.block, path) if p), width))
-    out = {}
-    for s, how, at, width in plan:
-        mode = create_mode(cfg, width or 0, channel_dim=1 if s.kind == "conv" else -1, site=s.name)
-        ref = next((t for t in modules[s.block].parameters() if t.is_floating_point()), None)
-        if ref is not None and ref.device.type != "meta":
-            mode.to(device=ref.device, dtype=ref.dtype)
-        mode.site, mode.x_first = s.name, how != "output"
-        mode._capture = (at, how)  # read by attach_skip_capture
-        out[s.name] = mode
-    return out
-
-
-class _SkipInputCapture:
-    """Forward pre-hook (with kwargs) handing the skip input x to a mode. Picklable."""
-
-    def __init__(self, mode: ResidualMode, how: str):
-        self.mode, self.how = mode, how
-
-    def __call__(self, module, args, kwargs):
-        if self.how == "input_tensor":
-            x = args[1] if len(args) > 1 else kwargs["input_tensor"]
-        elif args:
-            x = args[0]
-        else:
-            x = kwargs.get("hidden_states", kwargs.get("x"))
-            if x is None:
-                x = next(v for v in kwargs.values() if torch.is_tensor(v))
-        self.mode.take_skip_input(x)
-
-
-class _ShortcutCapture:
-    """Forward hook on a shortcut module that runs after the branch: rewrites its output x into y − z."""
-
-    def __init__(self, mode: ResidualMode):
-        self.mode = mode
-
-    def __call__(self, module, args, output):
-        return self.mode.take_shortcut_output(output)
-
-
-_CAPTURES = (_SkipInputCapture, _ShortcutCapture)
-
-
-def attach_skip_capture(model: nn.Module, sites, modes: dict) -> None:
-    """Register the capture hooks of the mode modules `build_mode_modules` returned."""
-    modules = dict(model.named_modules())
-    for s in sites:
-        mode = modes.get(s.name)
-        if mode is None:
-            continue
-        at, how = mode._capture
-        target = modules[at]
-        if how == "output":
-            target.register_forward_hook(_ShortcutCapture(mode))
-        else:
-            target.register_forward_pre_hook(_SkipInputCapture(mode, how), with_kwargs=True)
-
-
-def detach_skip_capture(model: nn.Module) -> None:
-    """Remove every capture hook (and any pending tensor) from the model."""
-    for mod in model.modules():
-        remove_hooks(mod, _CAPTURES)
-        if isinstance(mod, ResidualMode):
-            mod._pending = None
+    raise ValueError(f"PenalConfig field 'mode' must be one of {list(MODE_CLASSES)}; got {cfg.mode!r}")
 
 
 def mode_settings(cfg) -> tuple:

@@ -173,7 +173,7 @@ class PenalConnection(nn.Module):
         self.storage_dtype = storage_dtype
         self.copy = copy
         self.measure_efficiency = False
-        self._sum = None  # set by hf_penal.recompute where z is recomputed from x + z instead of saved
+        self.sum_site = None  # set by hf_penal.recompute where z is recomputed from x + z instead of saved
         self._calibrating = self.auto  # eager fast path: stop measuring once `pending` is seen cleared
 
     def _apply(self, fn, recurse=True):
@@ -195,8 +195,8 @@ class PenalConnection(nn.Module):
             if self._calibrating or torch.compiler.is_compiling():
                 cal = (self.tau, self.ratio, self.pending, self.norms)
         coef = self.tau * self.factor * self.gain
-        if self._sum is not None and cal is None and not self.measure_efficiency and self._sum.active():
-            return self._sum.branch(z, coef)
+        if self.sum_site is not None and cal is None and not self.measure_efficiency and self.sum_site.active():
+            return self.sum_site.branch(z, coef)
         stats = self.stats if self.measure_efficiency else None
         return _PenalFunction.apply(z, coef, self.gain, self.storage_dtype, self.copy, stats, cal)
 
@@ -208,7 +208,7 @@ class PenalConnection(nn.Module):
             s = f"tau={self.tau.item():g}"
         if self.storage_dtype is not None:
             s += f", storage_dtype={self.storage_dtype}"
-        if self._sum is not None:
+        if self.sum_site is not None:
             s += ", storage=recompute"
         return s
 

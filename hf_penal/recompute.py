@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._hooks import remove_hooks
 from .architectures import INPLACE_ADD, branches_for
+from .discovery import module_at, resolve_tensor_spec
+from .hooks import remove_hooks
 
 _BERT_SUMS = {"attention": "input@attention.output.LayerNorm",
               "cross_attention": "input@crossattention.output.LayerNorm", "mlp": "input@output.LayerNorm"}
@@ -214,23 +215,6 @@ _HOOKS = (_XCapture, _SumInput, _SumOutput)
 
 
 # ------------------------------------------------------------------------------------------------------------ wiring
-def _module_at(root: nn.Module, path: str):
-    mod = root
-    for part in filter(None, path.split(".")):
-        mod = getattr(mod, part, None)
-        if not isinstance(mod, nn.Module):
-            return None
-    return mod
-
-
-def _resolve(block: nn.Module, spec: str) -> tuple[str, str] | None:
-    for alt in spec.split("|"):
-        how, _, path = alt.partition("@")
-        if _module_at(block, path) is not None:
-            return how, path
-    return None
-
-
 def _eligibility(modules: dict, site, mode: str) -> tuple[str, tuple | None]:
     """("recompute", (x how, x path, y how, y path)) or ("stored (reason)", None) for one site."""
     if mode != "identity":
@@ -242,8 +226,8 @@ def _eligibility(modules: dict, site, mode: str) -> tuple[str, tuple | None]:
     sums = SUMS.get(cls_name or "", {})
     if site.source != "table" or not site.skip or site.kind not in sums:
         return "stored (block not in hf_penal.recompute.SUMS)", None
-    x = _resolve(block, site.skip.partition("~")[0])
-    y = _resolve(block, sums[site.kind])
+    x = resolve_tensor_spec(block, site.skip)
+    y = resolve_tensor_spec(block, sums[site.kind])
     if x is None or x[0] not in ("input", "input_tensor") or y is None:
         return "stored (x or x + z not found in the block)", None
     return "recompute", (*x, *y)
@@ -268,12 +252,12 @@ def attach(modules: dict, site, conn, mode: str) -> str:
     switches = [m for m in (modules.get(".".join(parts[:i])) for i in range(len(parts) + 1))
                 if m is not None and (hasattr(m, "gradient_checkpointing") or hasattr(m, "grad_checkpointing"))]
     state = _SumSite(switches)
-    _module_at(block, x_path).register_forward_pre_hook(_XCapture(state, x_how), with_kwargs=True, prepend=True)
+    module_at(block, x_path).register_forward_pre_hook(_XCapture(state, x_how), with_kwargs=True, prepend=True)
     if y_how == "output":
-        _module_at(block, y_path).register_forward_hook(_SumOutput(state))
+        module_at(block, y_path).register_forward_hook(_SumOutput(state))
     else:
-        _module_at(block, y_path).register_forward_pre_hook(_SumInput(state), with_kwargs=True)
-    conn._sum = state
+        module_at(block, y_path).register_forward_pre_hook(_SumInput(state), with_kwargs=True)
+    conn.sum_site = state
     return label
 
 

@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from . import persistence, recompute
-from ._hooks import remove_hooks
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
-from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
+from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
+from .hooks import CONNECTION, MODE, SiteHook, attach_skip_capture, detach_skip_capture, remove_hooks
+from .modes import create_mode, mode_settings
 from .ops import PenalConnection
 from .schedules import depth_factor
 
-CONNECTION = "penal_connection"
-MODE = "residual_mode"
 _STATE = "_hf_penal"
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -43,34 +42,6 @@ def _host(modules: dict, site_name: str) -> tuple[nn.Module, str]:
         parent, _, attr = site_name.rpartition(".")
         return modules[parent], "_" + attr
     return mod, ""
-
-
-class _SiteHook:
-    """Forward hook at a branch-end module: z → connection(z) → mode (which turns z into z' = y − x where it
-    rewrites the add). The penalty is on z, the branch output, whatever the mode. Picklable (no closures)."""
-
-    def __init__(self, index: int | None, host: nn.Module | None = None, suffix: str = ""):
-        self.index = index
-        self.host = host  # None: the hooked module itself
-        self.suffix = suffix
-
-    def __call__(self, module, args, output):
-        host = module if self.host is None else self.host
-        conn = host._modules.get(CONNECTION + self.suffix)
-        mode = host._modules.get(MODE + self.suffix)
-        index = self.index
-        if index is None and isinstance(output, (tuple, list)):
-            index = 0
-        z = output if index is None else output[index]
-        if conn is not None and conn.training:
-            z = conn(z)
-        if mode is not None:
-            z = mode.take_branch_output(z)
-        if index is None:
-            return z
-        out = list(output)
-        out[index] = z
-        return type(output)(out) if isinstance(output, tuple) else out
 
 
 class _PenalState:
@@ -213,18 +184,42 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
     return model
 
 
-def _mode_modules(model, chosen, cfg, previous=None):
+def _mode_modules(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, previous=None) -> dict | None:
+    """One residual-mode module per site ({site name: module}), placed where the table says each site's skip input
+    x lives; None for mode="identity". Raises ValueError (field 'mode') before the model is touched when a site's
+    skip input is unknown (sites from the generic probe or given by name)."""
     if cfg.mode == "identity":
         return None
-    from .modes import build_mode_modules  # noqa: PLC0415 - modes are optional machinery
-    modes = build_mode_modules(model, chosen, cfg)
-    if previous:  # same mode settings as before (e.g. only tau changed): keep the trained LN parameters / M
-        modes.update({k: v for k, v in previous.items() if k in modes})
-    return modes
+    unknown = [s.name for s in chosen if not s.skip]
+    if unknown:
+        raise ValueError(
+            f"PenalConfig field 'mode': mode={cfg.mode!r} rewrites the residual add, so hf_penal must know where each "
+            f"site's skip input x comes from; it knows that only for blocks in hf_penal.architectures.BRANCHES, and "
+            f"{len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe or given by name. Use "
+            f"mode='identity' (penal only) for this model, or add its block class to the table with an x_path.")
+    modules = dict(model.named_modules())
+    plan = []
+    for s in chosen:
+        how, path, width = skip_input(modules[s.block], s.skip)
+        if width is None and cfg.mode != "scaled":
+            raise ValueError(f"PenalConfig field 'mode': cannot tell the feature width at site {s.name!r} "
+                             f"(skip spec {s.skip!r})")
+        plan.append((s, how, ".".join(p for p in (s.block, path) if p), width))
+    out = {}
+    for s, how, at, width in plan:
+        if previous and s.name in previous:  # same mode settings as before: keep the trained LN parameters / M
+            out[s.name] = previous[s.name]
+            continue
+        mode = create_mode(cfg, width or 0, channel_dim=1 if s.kind == "conv" else -1, site=s.name)
+        ref = next((t for t in modules[s.block].parameters() if t.is_floating_point()), None)
+        if ref is not None and ref.device.type != "meta":
+            mode.to(device=ref.device, dtype=ref.dtype)
+        mode.site, mode.skip_at, mode.x_first = s.name, (at, how), how != "output"
+        out[s.name] = mode
+    return out
 
 
 def _same_mode(a: PenalConfig | dict, b: PenalConfig) -> bool:
-    from .modes import mode_settings
     try:
         return mode_settings(resolve_config(a) if isinstance(a, dict) else a) == mode_settings(b)
     except (TypeError, ValueError):  # an unreadable config.penal: not the same
@@ -262,10 +257,9 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
                 recompute.attach(modules, site, conn, cfg.mode)
         if modes is not None and site.name in modes:
             host.add_module(MODE + suffix, modes[site.name])
-        mod.register_forward_hook(_SiteHook(site.output_index, None if host is mod else host, suffix))
+        mod.register_forward_hook(SiteHook(site.output_index, None if host is mod else host, suffix))
     if modes is not None:
-        from .modes import attach_skip_capture  # noqa: PLC0415
-        attach_skip_capture(model, chosen, modes)
+        attach_skip_capture(model, {s.name: modes[s.name] for s in chosen if s.name in modes})
 
 
 def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
@@ -274,12 +268,11 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
         mod = modules.get(site.name)
         if mod is None:
             continue
-        remove_hooks(mod, (_SiteHook,))
+        remove_hooks(mod, (SiteHook,))
         host, suffix = _host(modules, site.name)
         for child in (CONNECTION + suffix, MODE + suffix):
             if child in host._modules:
                 del host._modules[child]
-    from .modes import detach_skip_capture  # noqa: PLC0415
     detach_skip_capture(model)
     recompute.detach(model)
 

@@ -164,7 +164,7 @@ def _validate(s: Any) -> None:
         bad("penal_log_efficiency", "True or False")
 
 
-def _settings(args: TrainingArguments | None, overrides: dict) -> _PenalSettings:
+def _settings_from(args: TrainingArguments | None, overrides: dict) -> _PenalSettings:
     unknown = sorted(k for k in overrides if k not in _FIELDS and f"penal_{k}" not in _FIELDS)
     if unknown:
         raise TypeError(f"PenalCallback got unknown setting(s) {unknown}; allowed: {sorted(_FIELDS)} "
@@ -201,7 +201,7 @@ class PenalCallback(TrainerCallback):
 
     def __init__(self, args: TrainingArguments | None = None, **settings):
         self._explicit = args is not None or bool(settings)
-        self.settings = _settings(args, settings)
+        self.settings = _settings_from(args, settings)
         self._trainer_ref: weakref.ref | None = None
         self._prepared: weakref.ref | None = None
         self._peak: float | str = 0.0
@@ -298,11 +298,11 @@ class PenalCallback(TrainerCallback):
     # -------------------------------------------------------------------------------------------- events
     def on_init_end(self, args, state, control, **kwargs):
         if not self._explicit and isinstance(args, PenalTrainingArguments):
-            self.settings = _settings(args, {})
+            self.settings = _settings_from(args, {})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self._explicit and isinstance(args, PenalTrainingArguments):
-            self.settings = _settings(args, {})
+            self.settings = _settings_from(args, {})
         if self._trainer_ref is None or self._trainer_ref() is None:
             logger.warning("hf_penal: PenalCallback is not attached to its Trainer: call "
                            "PenalCallback(...).attach(trainer) (PenalTrainer does it for you). Without it the penalty "

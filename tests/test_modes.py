@@ -51,28 +51,28 @@ def ln_ref(v, dim=-1, eps=1e-5):
 
 def test_scaled_skip_is_lambda_x_plus_z(xz):
     x, z = xz
-    m = modes.ScaledSkip(lambd=0.3)
+    m = modes.ScaledSkip(skip_scale=0.3)
     assert close(m(x, z), 0.3 * x + z)
     assert close(x + m.branch_delta(x, z), 0.3 * x + z) and close(m.skip_delta(x, z) + z, 0.3 * x + z)
-    assert "lambd=0.3" in repr(m)
+    assert "skip_scale=0.3" in repr(m)
 
 
 def test_layernorm_skip_is_ln_of_lambda_x_plus_z(xz):
     x, z = xz
-    m = modes.LayerNormSkip(6, lambd=0.5)
+    m = modes.LayerNormSkip(6, skip_scale=0.5)
     assert close(m(x, z), ln_ref(0.5 * x + z))
     assert torch.equal(m.norm.weight, torch.ones(6)) and torch.equal(m.norm.bias, torch.zeros(6))
 
 
 def test_recursive_layernorm_skip_recursion(xz):
     x, z = xz
-    m = modes.RecursiveLayerNormSkip(6, K=3)
+    m = modes.RecursiveLayerNormSkip(6, recursions=3)
     y = ln_ref(x + z)
     for _ in range(2):
         y = ln_ref(x + y)
     assert close(m(x, z), y)
-    assert len(m.norms) == 3 and "K=3" in repr(m)
-    assert close(modes.RecursiveLayerNormSkip(6, K=1)(x, z), modes.LayerNormSkip(6)(x, z))
+    assert len(m.norms) == 3 and "recursions=3" in repr(m)
+    assert close(modes.RecursiveLayerNormSkip(6, recursions=1)(x, z), modes.LayerNormSkip(6)(x, z))
 
 
 def test_entangled_skip_mixes_the_feature_dimension(xz):
@@ -108,7 +108,7 @@ def test_mappings_are_well_conditioned():
 
 
 def test_mode_table_and_factory():
-    assert set(modes.MODES) == {"identity", "scaled", "layernorm", "recursive_layernorm", "entangled"}
+    assert set(modes.MODE_CLASSES) == {"identity", "scaled", "layernorm", "recursive_layernorm", "entangled"}
     assert modes.create_mode(PenalConfig(), 8) is None
     for mapping in ("orthogonal", "sparse", "structural"):
         m = modes.create_mode(PenalConfig(mode="entangled", mapping=mapping, sparsity=0.5), 8, site="a")

@@ -129,7 +129,7 @@ def test_fp8_storage_under_torch_compile_equals_eager():
 
 # ---------------------------------------------------------------------------------------------- recompute
 def _counts(model):
-    states = [c._sum for _, c in hf_penal.surgery.connections(model) if c._sum is not None]
+    states = [c.sum_site for _, c in hf_penal.surgery.connections(model) if c.sum_site is not None]
     return len(states), sum(s.recomputed for s in states), sum(s.stored for s in states)
 
 
@@ -147,7 +147,7 @@ def test_recompute_equals_stored_z_to_fp32_rounding_and_saves_no_activation(arch
     assert rel_err(g, g_stored) < 1e-6  # ... and recompute gives it to fp32 rounding
     # saved storages (deduplicated): only the 0-dim coefficient per site beyond plain; stored z costs an activation
     assert b - b_plain <= 4 * n_sites < b_stored - b_plain
-    states = [c._sum for _, c in hf_penal.surgery.connections(model)]
+    states = [c.sum_site for _, c in hf_penal.surgery.connections(model)]
     assert all(s.x is None and s.pending is None for s in states)  # nothing held between steps
 
 
@@ -237,7 +237,7 @@ def test_recompute_uses_stored_z_under_compile_and_with_efficiency_probes(tmp_pa
 def test_recompute_holds_nothing_in_eval_or_without_grad(tmp_path):
     d, auto, inputs = saved("llama", tmp_path)
     model = auto.from_pretrained(d, penal={"storage_dtype": "recompute"})
-    states = [c._sum for _, c in hf_penal.surgery.connections(model)]
+    states = [c.sum_site for _, c in hf_penal.surgery.connections(model)]
     model.eval()
     model(input_ids=inputs["input_ids"])
     model.train()

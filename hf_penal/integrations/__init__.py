@@ -18,7 +18,7 @@ def pop_penal_kwargs(kwargs: dict):
     return penal, fields, given
 
 
-class outermost:
+class OutermostCall:
     """Context manager counting nested constructor calls, so that only the outermost one applies the surgery
     (an Auto class calls the concrete class's `from_pretrained`, which may call `_from_config`)."""
 

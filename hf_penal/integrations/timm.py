@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from . import close_timm_names, missing_dir_message, outermost, pop_penal_kwargs
+from . import OutermostCall, close_timm_names, missing_dir_message, pop_penal_kwargs
 
 
 def _wrap(func):
@@ -35,7 +35,7 @@ def _wrap(func):
         cfg = resolve_config(None if penal is True else penal, **fields)  # bad input fails before building
         _check_model_name(args[0] if args else kwargs.get("model_name"))
         _check_local_files(kwargs)
-        with outermost():
+        with OutermostCall():
             model = func(*args, **kwargs)
         persistence.mark_pretrained(model, pretrained)
         surgery.apply(model, cfg, example_inputs=example_inputs)  # warns when a mode changes loaded weights

@@ -15,7 +15,7 @@ import functools
 import json
 import os
 
-from . import looks_like_path, missing_dir_message, outermost, pop_penal_kwargs
+from . import OutermostCall, looks_like_path, missing_dir_message, pop_penal_kwargs
 
 
 def _load_mode_weights(model, source, kwargs) -> int:
@@ -61,7 +61,7 @@ def _load_mode_weights(model, source, kwargs) -> int:
     return len(found)
 
 
-def _finish(model, penal, fields, given, source=None, kwargs=None, example_inputs=None):
+def _penalize_loaded(model, penal, fields, given, source=None, kwargs=None, example_inputs=None):
     from .. import persistence, surgery  # noqa: PLC0415
     from ..config import resolve_config  # noqa: PLC0415
 
@@ -127,15 +127,15 @@ def _wrap(func):
             if penal is not False:
                 resolve_config(None if penal is True else penal, **fields)  # bad input fails before loading
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        with outermost() as top:
+        with OutermostCall() as top:
             if top and given and func.__name__ == "from_pretrained":
                 model = _load_naming_a_missing_dir(func, cls, source, args, kwargs)
             else:
                 model = func(cls, *args, **kwargs)
         if not top:
             return model
-        return _finish(model, penal, fields, given, source if func.__name__ == "from_pretrained" else None, kwargs,
-                       example_inputs)
+        source = source if func.__name__ == "from_pretrained" else None  # from_config: no weights loaded
+        return _penalize_loaded(model, penal, fields, given, source, kwargs, example_inputs)
 
     wrapper._hf_penal = True
     return wrapper

@@ -1,0 +1,110 @@
+"""The forward hooks hf_penal puts on a model, and their removal: the one place that edits torch's hook dicts.
+
+* `SiteHook`, on a branch-end module: routes the branch output z through the site's penal connection and, with a
+  residual mode, hands it to the mode module (which may rewrite it into z' = y − x).
+* `SkipInputCapture` / `ShortcutCapture`, where the architecture table says a block's skip input x lives: hand x to
+  the mode module (or rewrite a shortcut computed after the branch into x' = y − z).
+
+Every hook is a small picklable object (no closures), so deepcopy and pickle carry it. torch returns a handle per
+hook, but handles do not survive deepcopy or pickle, so hooks are found again by their type when removed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .modes import ResidualMode
+
+CONNECTION = "penal_connection"  # child name of a site's PenalConnection
+MODE = "residual_mode"  # child name of a site's residual-mode module
+
+
+class SiteHook:
+    """Forward hook at a branch-end module: z → connection(z) → mode. The penalty is on z, the branch output,
+    whatever the mode. `host`: the module holding the connection / mode children (None: the hooked module itself);
+    `suffix`: appended to their names when the host is the parent of a container branch."""
+
+    def __init__(self, index: int | None, host: nn.Module | None = None, suffix: str = ""):
+        self.index = index
+        self.host = host
+        self.suffix = suffix
+
+    def __call__(self, module, args, output):
+        host = module if self.host is None else self.host
+        conn = host._modules.get(CONNECTION + self.suffix)
+        mode = host._modules.get(MODE + self.suffix)
+        index = self.index
+        if index is None and isinstance(output, (tuple, list)):
+            index = 0
+        z = output if index is None else output[index]
+        if conn is not None and conn.training:
+            z = conn(z)
+        if mode is not None:
+            z = mode.take_branch_output(z)
+        if index is None:
+            return z
+        out = list(output)
+        out[index] = z
+        return type(output)(out) if isinstance(output, tuple) else out
+
+
+class SkipInputCapture:
+    """Forward pre-hook (with kwargs) handing the skip input x to a mode: the block's ``input_tensor`` argument
+    (``how="input_tensor"``), else the module's first input."""
+
+    def __init__(self, mode: ResidualMode, how: str):
+        self.mode, self.how = mode, how
+
+    def __call__(self, module, args, kwargs):
+        if self.how == "input_tensor":
+            x = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        elif args:
+            x = args[0]
+        else:
+            x = kwargs.get("hidden_states", kwargs.get("x"))
+            if x is None:
+                x = next(v for v in kwargs.values() if torch.is_tensor(v))
+        self.mode.take_skip_input(x)
+
+
+class ShortcutCapture:
+    """Forward hook on a shortcut module that runs after the branch: rewrites its output x into y − z."""
+
+    def __init__(self, mode: ResidualMode):
+        self.mode = mode
+
+    def __call__(self, module, args, output):
+        return self.mode.take_shortcut_output(output)
+
+
+_CAPTURES = (SkipInputCapture, ShortcutCapture)
+
+
+def attach_skip_capture(model: nn.Module, modes: dict[str, ResidualMode]) -> None:
+    """Register the capture hook of each mode module at its ``skip_at`` = (module name, how)."""
+    modules = dict(model.named_modules())
+    for mode in modes.values():
+        at, how = mode.skip_at
+        if how == "output":
+            modules[at].register_forward_hook(ShortcutCapture(mode))
+        else:
+            modules[at].register_forward_pre_hook(SkipInputCapture(mode, how), with_kwargs=True)
+
+
+def detach_skip_capture(model: nn.Module) -> None:
+    """Remove every capture hook (and any pending tensor) from the model."""
+    for mod in model.modules():
+        remove_hooks(mod, _CAPTURES)
+        if isinstance(mod, ResidualMode):
+            mod.drop_pending()
+
+
+def remove_hooks(module: nn.Module, kinds: tuple) -> None:
+    """Remove the forward hooks and forward pre-hooks of `module` that are instances of `kinds`."""
+    for hooks, extra in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+                         (module._forward_hooks, (module._forward_hooks_with_kwargs,
+                                                  module._forward_hooks_always_called))):
+        for key in [k for k, h in hooks.items() if isinstance(h, kinds)]:
+            del hooks[key]
+            for d in extra:
+                d.pop(key, None)
