@@ -14,6 +14,8 @@ The connection's buffers are non-persistent: `state_dict()` and checkpoints are 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -368,4 +370,15 @@ def _warn_mode_changes_checkpoint(model: nn.Module, cfg: PenalConfig) -> None:
         return
     st.warned = True
     warnings.warn(f"hf_penal: mode={cfg.mode!r} changes the forward function of a pretrained model; its outputs "
-                  f"will differ from the checkpoint's until it is fine-tuned", UserWarning, stacklevel=3)
+                  f"will differ from the checkpoint's until it is fine-tuned", UserWarning,
+                  stacklevel=_caller_outside_package())
+
+
+def _caller_outside_package() -> int:
+    """warnings.warn's stacklevel (from the function calling it) of the first frame outside hf_penal, so a warning
+    points at the user's line whether it came through apply, from_pretrained or timm.create_model."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -466,7 +466,9 @@ def test_mode_warning_only_for_models_loaded_with_weights(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             build()
-        return len([w for w in caught if "changes the forward function" in str(w.message)])
+        mine = [w for w in caught if "changes the forward function" in str(w.message)]
+        assert all(w.filename == __file__ for w in mine)  # points at the caller's line, not inside hf_penal
+        return len(mine)
 
     assert mode_warnings(lambda: AutoModel.from_config(config, penal={"mode": "layernorm"})) == 0
     assert mode_warnings(lambda: AutoModel.from_pretrained(tmp_path, penal={"mode": "layernorm"})) == 1
