@@ -82,8 +82,19 @@ _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_
         "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
 
 
+_CROSS_WIDTH = re.compile(r"(hidden_size|hidden_dim|embed_dim)$")  # a sub-model's width seen from another one
+_MROPE_TYPES = re.compile(r"vl|glm|omni|video|image")  # text models that may use multimodal RoPE sections
+_KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
+
+
+def _set(cfg, k, v) -> None:
+    with contextlib.suppress(Exception):
+        setattr(cfg, k, v)
+
+
 def _shrink(cfg, seen=None) -> None:
-    """Small widths and depths on a config and its sub-configs, where the fields exist (in place)."""
+    """Small widths and depths on a config and its sub-configs, where the fields exist (in place), then the fields
+    that depend on them made consistent (`_consistent`)."""
     seen = seen if seen is not None else set()
     if id(cfg) in seen:
         return
@@ -95,32 +106,99 @@ def _shrink(cfg, seen=None) -> None:
                 continue
             cur = getattr(cfg, k, None)
             if isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
-                with contextlib.suppress(Exception):
-                    setattr(cfg, k, v)
+                _set(cfg, k, v)
             elif isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur) and k in _HEADS:
-                with contextlib.suppress(Exception):
-                    setattr(cfg, k, type(cur)(min(x, v) for x in cur))
+                _set(cfg, k, type(cur)(min(x, v) for x in cur))
+    for k, cur in list(vars(cfg).items()):  # e.g. a Q-Former's encoder_hidden_size (the vision tower's width)
+        if _CROSS_WIDTH.search(k) and k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) \
+                and cur > 32:
+            _set(cfg, k, 32)
     for k in ("hidden_sizes", "embed_dims", "embed_dim", "dims", "widths", "channels", "neck_hidden_sizes"):
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
-            with contextlib.suppress(Exception):
-                setattr(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
+            _set(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
     for k in ("depths", "num_layers_per_stage", "layers", "block_repeats"):
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
-            with contextlib.suppress(Exception):
-                setattr(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
+            _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
+    _consistent(cfg)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen)
 
 
-def build_transformers(model_type: str):
+def _int(cfg, k):
+    v = getattr(cfg, k, None)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def _consistent(cfg) -> None:
+    """Fields derived from the shrunk ones, which a config computes once in its __init__: key/value heads = heads,
+    head_dim = hidden / heads (MLA: the rope part), Mamba heads x head size = expand x hidden, M-RoPE sections
+    summing to head_dim / 2."""
+    heads, hidden = _int(cfg, "num_attention_heads"), _int(cfg, "hidden_size")
+    if heads:
+        for k in _KV_HEADS:
+            if k in vars(cfg) and (getattr(cfg, k) is None or _int(cfg, k)):
+                _set(cfg, k, heads)
+    rope, nope = _int(cfg, "qk_rope_head_dim"), _int(cfg, "qk_nope_head_dim")
+    if rope:  # multi-head latent attention: head_dim is the rotary part, qk_head_dim = nope + rope
+        if "head_dim" in vars(cfg):
+            _set(cfg, "head_dim", rope)
+        if "qk_head_dim" in vars(cfg):
+            _set(cfg, "qk_head_dim", rope + (nope or 0))
+    elif heads and hidden and "head_dim" in vars(cfg):
+        _set(cfg, "head_dim", hidden // heads)
+    if _int(cfg, "mamba_n_heads") and hidden:
+        d_head = min(_int(cfg, "mamba_d_head") or 16, 16)
+        _set(cfg, "mamba_d_head", d_head)
+        _set(cfg, "mamba_n_heads", max(1, (_int(cfg, "mamba_expand") or 2) * hidden // d_head))
+    if "num_experts_per_tok" in vars(cfg) and cfg.num_experts_per_tok is None and (
+            _int(cfg, "n_routed_experts") or _int(cfg, "num_experts")):
+        _set(cfg, "num_experts_per_tok", 2)
+    head_dim = _int(cfg, "head_dim") or (hidden // heads if heads and hidden else None)
+    for k in ("rope_parameters", "rope_scaling"):
+        rp = getattr(cfg, k, None)
+        sec = rp.get("mrope_section") if isinstance(rp, dict) else None
+        if isinstance(rp, dict) and sec is None and _MROPE_TYPES.search(str(getattr(cfg, "model_type", ""))):
+            sec = [16, 24, 24]  # the modeling code's default, for a head_dim of 128
+        if head_dim and isinstance(sec, (list, tuple)) and sec and sum(sec) != head_dim // 2:
+            half = head_dim // 2
+            new = [max(1, x * half // sum(sec)) for x in sec]
+            new[0] += half - sum(new)
+            rp["mrope_section"] = type(sec)(new)
+
+
+# a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
+# the depth shrunk, then the model type's default config, where that has at most _MAX_PARAMS parameters
+_LEVELS = ("small", "shallow", "default")
+_MAX_PARAMS = 200_000_000
+
+
+def _shallow(cfg, seen=None) -> None:
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    aliases = getattr(cfg, "attribute_map", {}) or {}
+    for k, v in {**_DEPTH, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}.items():
+        cur = getattr(cfg, k, None)
+        if k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
+            _set(cfg, k, v)
+    for sub in list(vars(cfg).values()):
+        if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
+            _shallow(sub, seen)
+
+
+def build_transformers(model_type: str, level: str = "small"):
     import torch
     import transformers as T
     from transformers.models.auto import modeling_auto as MA
     cfg = T.AutoConfig.for_model(model_type)
-    _shrink(cfg)
+    if level == "small":
+        _shrink(cfg)
+    elif level == "shallow":
+        _shallow(cfg)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
@@ -130,25 +208,40 @@ def build_transformers(model_type: str):
     if isinstance(cls_name, (list, tuple)):
         cls_name = cls_name[0]
     cls = getattr(T, cls_name)
+    make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
+    if level != "small":
+        with torch.device("meta"):
+            n = sum(p.numel() for p in make().parameters())
+        if n > _MAX_PARAMS:
+            raise MemoryError(f"{level} config has {n / 1e6:.0f} M parameters (over {_MAX_PARAMS / 1e6:.0f} M)")
     torch.manual_seed(0)
-    return cls._from_config(cfg) if hasattr(cls, "_from_config") else cls(cfg)
+    return make()
 
 
 def build_timm(name: str):
+    """The model at the smallest settings it builds and runs with: img_size=64 (and depth=2) where create_model takes
+    them, else the default build, run at 64 px where it runs there (convolutional nets), else at its native size."""
     import timm
     import torch
-    torch.manual_seed(0)
-    for kw in (dict(img_size=64, depth=2), dict(img_size=64), {}):  # smaller where the model takes these
+    last: Exception | None = None
+    for kw in (dict(img_size=64, depth=2), dict(img_size=64), {}):
+        torch.manual_seed(0)
         try:
             model = timm.create_model(name, pretrained=False, num_classes=10, **kw)
-        except Exception:  # noqa: BLE001 - a model without these arguments (or that needs its own size)
-            if not kw:
-                raise
+        except Exception as e:  # noqa: BLE001 - a model without these arguments (or that needs its own size)
+            last = e
             continue
-        size = kw.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        chans = model.pretrained_cfg.get("input_size", (3,))[0]
-        return model, [((torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)),), {})]
-    raise AssertionError("unreachable")
+        native = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        for size in dict.fromkeys((kw.get("img_size", 64), native[-1])):
+            x = torch.randn(2, native[0], size, size, generator=torch.Generator().manual_seed(0))
+            try:
+                with torch.no_grad():
+                    model.eval()(x)
+            except Exception as e:  # noqa: BLE001 - a size this build does not run at
+                last = e
+                continue
+            return model.train(), [((x,), {})]
+    raise last if last is not None else AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------------------------------- one model
@@ -273,15 +366,17 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def run_one(library: str, name: str, timeout: float) -> dict:
+def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     rec = {"library": library, "name": name}
+    if library == "transformers":
+        rec["config"] = level
     t0 = time.time()
     try:
         try:
             if library == "transformers":
-                model, given = build_transformers(name), None
+                model, given = build_transformers(name, level), None
             else:
                 model, given = build_timm(name)
         except Exception as e:  # noqa: BLE001
@@ -297,6 +392,30 @@ def run_one(library: str, name: str, timeout: float) -> dict:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         rec["seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+_RETRY = ("does not build", "probe failed", "inputs failed", "error")
+
+
+def run_one(library: str, name: str, timeout: float) -> dict:
+    """One model; a transformers model that fails at the small config (the benchmark's shrinking can make a config
+    inconsistent) is retried at the shallow, then the default config. The record is the first level that runs, or
+    the small level's failure with the later levels' causes appended."""
+    first = rec = _run_level(library, name, "small", timeout)
+    if library != "transformers" or "no base, causal-LM" in rec.get("cause", ""):
+        return rec
+    tried = []
+    for level in _LEVELS[1:]:
+        if rec["status"] not in _RETRY:
+            break
+        tried.append(f"{rec['config']}: {rec['status']}")
+        rec = _run_level(library, name, level, timeout)
+    if rec["status"] in _RETRY or rec["status"] == "timeout":
+        first = dict(first, cause=first.get("cause", "") + " [retried: " + "; ".join(
+            tried[1:] + [f"{rec['config']}: {rec['status']} {rec.get('cause', '')[:80]}"]) + "]")
+        return first
+    rec["retried"] = tried
     return rec
 
 
@@ -369,6 +488,8 @@ def table(library: str, recs: list[dict], command: str, rule: str) -> str:
             cause = f"oracle vs plain {r.get('oracle_vs_plain', 0):.1e}, sites fired {r.get('fired')}"
         if r.get("notes"):
             cause = (cause + "; " if cause else "") + "; ".join(r["notes"])
+        if r.get("config", "small") != "small":
+            cause = (cause + "; " if cause else "") + f"{r['config']} config ({', '.join(r.get('retried', []))})"
         cause = cause.replace("|", "\\|")
         lines.append(f"| {r['name']} | {r['status']} | {r.get('source', '')} | {r.get('sites', '')} | {cov} | {err} "
                      f"| {ev} | {r.get('seconds', '')} | {cause} |")

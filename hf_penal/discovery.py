@@ -150,6 +150,12 @@ class _Value:
     scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
 
 
+def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
+    """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
+    gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
+    return c.dim() == out.dim() and out.dim() > 1 and c.shape[0] == out.shape[0] > 1
+
+
 class _AddWatcher(TorchFunctionMode):
     """Watches one forward pass. An add inside a numbered layer whose operands (a chain of adds counts as one add of
     all its operands) include the output z of a submodule M and a tensor that existed before M started is a
@@ -161,6 +167,8 @@ class _AddWatcher(TorchFunctionMode):
         self.born: dict[int, int] = {}  # id -> birth time (through shape-only ops: the original's)
         self.keep: list = []  # keeps probed tensors alive so ids stay unique
         self.values: dict[int, _Value] = {}
+        self.versions: dict[int, int] = {}  # id -> version counter when a module returned it
+        self.mutated: set[int] = set()  # ids of module outputs that an in-place op modified later
         self.terms: dict[int, tuple] = {}  # id(sum) -> (owner, operands of the chain of adds that made it)
         self.stack: list[tuple] = []  # (module name, start, birth of its first input)
         self.calls: dict[str, int] = {}
@@ -182,6 +190,8 @@ class _AddWatcher(TorchFunctionMode):
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
         if id(out) in self.born:  # in place: the same tensor
+            if id(out) in self.values:
+                self.mutated.add(id(out))
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
@@ -200,7 +210,7 @@ class _AddWatcher(TorchFunctionMode):
             if v is None or t.shape != out.shape:
                 continue
             constant = isinstance(c, (int, float)) or (torch.is_tensor(c) and c.numel() < out.numel()
-                                                       and id(c) not in self.values)
+                                                       and id(c) not in self.values and not _per_sample(c, out))
             if constant:
                 self.values[id(out)] = dataclasses.replace(v, scaled_after=len(v.chain))
                 self.born[id(out)] = self._born_of(t)
@@ -258,6 +268,9 @@ class _AddWatcher(TorchFunctionMode):
             else:
                 return
             prev = self.values.get(id(t))
+            if prev is not None and self.versions.get(id(t), t._version) != t._version:
+                prev = None  # modified in place (an in-place activation): this module computes a new value
+            self.versions[id(t)] = t._version
             link = (name, index, t.numel())
             if prev is not None:  # a pass-through (dropout, drop path, identity) of a known value
                 self.values[id(t)] = dataclasses.replace(prev, chain=prev.chain + (link,), in_born=in_born)
@@ -297,7 +310,8 @@ class _AddWatcher(TorchFunctionMode):
             kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
                                [c[0] for c in reversed(chain[:k])])
             found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
-                                        inplace=inplace and k == len(chain) - 1, skip=None, source="probe",
+                                        inplace=(inplace and k == len(chain) - 1) or tid in self.mutated,
+                                        skip=None, source="probe",
                                         note="; ".join(notes)))
         return list(found.values())
 
