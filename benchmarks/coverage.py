@@ -382,6 +382,7 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
         except Exception as e:  # noqa: BLE001
             rec.update(builds=False, status="does not build", cause=_cause(e))
             return rec
+        rec["builds"] = True
         from hf_penal.discovery import probe_inputs
         cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))
@@ -458,7 +459,7 @@ def sweep(library: str, names: list[str], timeout: float) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------- report
 def summarize(recs: list[dict]) -> dict:
     built = [r for r in recs if r.get("builds")]
-    ran = [r for r in built if r["status"] not in ("timeout", "crash", "error")]
+    ran = [r for r in built if r["status"] not in ("timeout", "crash")]  # an error in the checks is a failure
     ok = [r for r in ran if r["status"] == "ok"]
     some = [r for r in ran if r["status"] in ("ok", "partial")]
     return dict(total=len(recs), built=len(built), measured=len(ran), ok=len(ok), some=len(some))
