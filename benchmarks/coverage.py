@@ -260,10 +260,10 @@ def residual_blocks(model) -> list[str]:
     """Elements of ModuleLists / Sequentials whose class name ends in Layer/Block/Bottleneck, the innermost such lists
     where they nest."""
     from torch import nn
-    blocks = [f"{n}.{i}" if n else str(i) for n, m in model.named_modules() if isinstance(m, (nn.ModuleList,
-                                                                                              nn.Sequential))
-              for i, c in enumerate(m) if _BLOCK_CLASS.search(type(c).__name__)
-              and not _NOT_BLOCK_CLASS.search(type(c).__name__)]
+    blocks = [f"{n}.{i}" if n else i for n, m in model.named_modules() if isinstance(m, (nn.ModuleList,
+                                                                                         nn.Sequential))
+              for i, c in m.named_children() if _BLOCK_CLASS.search(type(c).__name__)
+              and not _NOT_BLOCK_CLASS.search(type(c).__name__)]  # named: a Sequential's children may be named
     return [b for b in blocks if not any(o != b and o.startswith(b + ".") for o in blocks)]
 
 
@@ -544,6 +544,8 @@ def main(argv=None) -> list[dict]:
         merged: dict[str, dict] = {}
         for f in a.from_json:
             for r in json.loads(Path(f).read_text()):
+                if r["status"] == "error":
+                    r.setdefault("builds", True)  # recorded after the build (records before 666b465 lack the key)
                 old = merged.get(r["name"])
                 if old is None or r["status"] != "timeout" or old["status"] == "timeout":
                     merged[r["name"]] = r  # a re-run's timeout (a busy machine) keeps the earlier measurement
