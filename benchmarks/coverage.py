@@ -291,7 +291,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         return rec
     rec["probe_s"] = round(time.time() - t0, 2)
     rec["sites"] = len(found)
-    rec["source"] = found[0].source if found else "-"
+    rec["source"] = "+".join(x for x in ("table", "probe", "user") if any(s.source == x for s in found)) or "-"
     rec["notes"] = sorted({s.note.split(":")[0] for s in found if s.note})
     blocks = residual_blocks(model)
     covered = [b for b in blocks if any(s.name.startswith(b + ".") or s.block == b for s in found)]

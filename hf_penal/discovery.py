@@ -540,17 +540,34 @@ def _finish(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
     return [ResidualSite(depth=layers.index(s["layer"]), n_layers=len(layers), **s) for s in raw]
 
 
+def _stacks_outside(model: nn.Module, blocks: set[str]) -> bool:
+    """Whether the model has a ModuleList of layers none of which is, holds or lies in a table block (a vision or
+    audio tower next to a text tower the table knows, a detection transformer next to a table backbone)."""
+    def related(name):
+        return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
+    return any(isinstance(m, nn.ModuleList) and len(m) > 0 and not related(n)
+               and not any(related(f"{n}.{i}" if n else i) for i, _ in m.named_children())
+               for n, m in model.named_modules())
+
+
 def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) -> list[ResidualSite]:
-    """All residual sites of a model (table first, generic probe otherwise), in model order. A probe that cannot run
-    the model raises `ProbeFailedError` (``strict=False``: finds nothing instead)."""
+    """All residual sites of a model, in model order: the table's, and the generic probe's outside the table's blocks
+    (the probe runs when no table block is found, or when some stack of layers holds none). A probe that cannot run
+    the model raises `ProbeFailedError` when the table found nothing (``strict=False``: finds nothing instead)."""
     raw = _table_sites(model)
-    if not raw:
+    blocks = {s["block"] for s in raw}
+    if not raw or _stacks_outside(model, blocks):
         try:
-            raw = probe_sites(model, example_inputs)
+            probed = probe_sites(model, example_inputs)
         except ProbeFailedError:
-            if strict:
+            if strict and not raw:
                 raise
-            raw = []
+            probed = []
+        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".")
+                                           or s["name"].startswith(b + ".") for b in blocks)]
+        if probed and len(inside) < len(probed):
+            order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+            raw = sorted(raw + [s for s in probed if s not in inside], key=lambda s: order[s["name"]])
     return _finish(model, raw)
 
 
