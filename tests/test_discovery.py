@@ -3,6 +3,7 @@
 branch, windowed-attention blocks that reshape / pad / roll / crop around the branch keep their sites, a probe that
 cannot run the model says so (and what to pass), and probe inputs are built from the model's main input and config.
 Each checks gradients against the explicit-penalty oracle (`tests/_oracle.py`) and bit-identical eval outputs."""
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -182,7 +183,6 @@ def test_timm_sam_vit_windowed_blocks_go_through_the_probe(tmp_path):
 def _penalized_copy(model, x):
     """(model, penalized deepcopy) with perturbed weights, the sites the probe finds on x, and their oracle spec."""
     import copy
-    import re
     vanilla = _perturb(model)
     penal = hf_penal.apply(copy.deepcopy(vanilla), tau=TAU, example_inputs=((x,), {}))
     found = hf_penal.sites(vanilla, (x,))
@@ -377,6 +377,25 @@ def test_multimodal_model_gets_ids_and_pixels_and_both_towers_are_covered(tmp_pa
     zspec = [(r"(text|vision)_model\.encoder\.layers\.\d\.self_attn", 0),
              (r"(text|vision)_model\.encoder\.layers\.\d\.mlp", None)]
     _check_oracle(vanilla, model, zspec, 4 * L, kwargs=inputs)
+
+
+def test_a_tower_outside_the_table_next_to_one_in_it_goes_through_the_probe(tmp_path):
+    """LLaVA with a CLIP vision tower (in the table) and a GPT-NeoX text model (not in it, parallel residual): the
+    table's sites alone would leave the text layers bare; the probe adds theirs, one per parallel branch."""
+    cfg = T.LlavaConfig(vision_config=dict(model_type="clip_vision_model", hidden_size=32, num_hidden_layers=L,
+                                           num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8),
+                        text_config=dict(model_type="gpt_neox", hidden_size=32, num_hidden_layers=L,
+                                         num_attention_heads=2, intermediate_size=64, vocab_size=100),
+                        image_token_index=99, vision_feature_layer=-1)
+    vanilla, model = _hf_pair(T.LlavaForConditionalGeneration, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    vision = [s for s in found if ".vision_tower." in s.name or s.name.startswith("vision_tower.")]
+    text = [s for s in found if s not in vision]
+    assert len(vision) == 2 * L and {s.source for s in vision} == {"table"}
+    assert len(text) == 2 * L and {s.source for s in text} == {"probe"}
+    assert {s.name.rsplit(".", 1)[-1] for s in text} == {"post_attention_dropout", "post_mlp_dropout"}
+    zspec = [(re.escape(s.name), s.output_index) for s in text]  # token ids only: the vision tower does not run
+    _check_oracle(vanilla, model, zspec, 2 * L, kwargs=dict(input_ids=_IDS["input_ids"]))
 
 
 def test_table_sites_that_are_not_exactly_what_is_added_say_so():
