@@ -398,6 +398,17 @@ def test_a_tower_outside_the_table_next_to_one_in_it_goes_through_the_probe(tmp_
     _check_oracle(vanilla, model, zspec, 2 * L, kwargs=dict(input_ids=_IDS["input_ids"]))
 
 
+def test_a_branch_returning_a_list_keeps_it_a_list(tmp_path):
+    """OpenAI GPT's Attention returns a list and its Block does `[h] + attn_outputs[1:]`: the site hook (and the
+    oracle's capture) must hand back a list, not a tuple."""
+    cfg = T.OpenAIGPTConfig(n_embd=32, n_layer=L, n_head=2, vocab_size=100, n_positions=16)
+    vanilla, model = _hf_pair(T.OpenAIGPTModel, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert [(s.name, s.output_index) for s in found] == [(f"h.{i}.{m}", j) for i in range(L)
+                                                         for m, j in (("attn", 0), ("mlp", None))]
+    _check_oracle(vanilla, model, [(r"h\.\d\.attn", 0), (r"h\.\d\.mlp", None)], 2 * L, kwargs=_IDS)
+
+
 def test_table_sites_that_are_not_exactly_what_is_added_say_so():
     cfg = T.GraniteConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                           intermediate_size=64, vocab_size=100, residual_multiplier=0.5)
