@@ -82,7 +82,9 @@ _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_
         "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
 
 
-_CROSS_WIDTH = re.compile(r"(hidden_size|hidden_dim|embed_dim)$")  # a sub-model's width seen from another one
+_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32),
+             (re.compile(r"(num_attention_heads|_num_heads)$"), 2), (re.compile(r"num_hidden_layers$"), 2),
+             (re.compile(r"intermediate_size$"), 64)]
 _MROPE_TYPES = re.compile(r"vl|glm|omni|video|image")  # text models that may use multimodal RoPE sections
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
 
@@ -109,10 +111,12 @@ def _shrink(cfg, seen=None) -> None:
                 _set(cfg, k, v)
             elif isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur) and k in _HEADS:
                 _set(cfg, k, type(cur)(min(x, v) for x in cur))
-    for k, cur in list(vars(cfg).items()):  # e.g. a Q-Former's encoder_hidden_size (the vision tower's width)
-        if _CROSS_WIDTH.search(k) and k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) \
-                and cur > 32:
-            _set(cfg, k, 32)
+    for k, cur in list(vars(cfg).items()):  # prefixed twins: a Q-Former's encoder_hidden_size (the vision tower's
+        if k in aliases or not isinstance(cur, int) or isinstance(cur, bool):  # width), V-JEPA's predictor sizes
+            continue
+        for rx, v in _PREFIXED:
+            if rx.search(k) and cur > v:
+                _set(cfg, k, v)
     for k in ("hidden_sizes", "embed_dims", "embed_dim", "dims", "widths", "channels", "neck_hidden_sizes"):
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
@@ -397,6 +401,9 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
 
 
 _RETRY = ("does not build", "probe failed", "inputs failed", "error")
+# causes no other config changes: the forward needs inputs the probe does not build, a missing library
+_NO_RETRY = re.compile(r"missing \d+ required|You (have|must) to specify|You must specify|requires the \w+ library|"
+                       r"no base, causal-LM")
 
 
 def run_one(library: str, name: str, timeout: float) -> dict:
@@ -404,7 +411,7 @@ def run_one(library: str, name: str, timeout: float) -> dict:
     inconsistent) is retried at the shallow, then the default config. The record is the first level that runs, or
     the small level's failure with the later levels' causes appended."""
     first = rec = _run_level(library, name, "small", timeout)
-    if library != "transformers" or "no base, causal-LM" in rec.get("cause", ""):
+    if library != "transformers" or _NO_RETRY.search(rec.get("cause", "")):
         return rec
     tried = []
     for level in _LEVELS[1:]:
