@@ -260,15 +260,52 @@ def _tensors(out):
     return []
 
 
-def residual_blocks(model) -> list[str]:
+def residual_blocks(model, nested: bool = False) -> list[str]:
     """Elements of ModuleLists / Sequentials whose class name ends in Layer/Block/Bottleneck, the innermost such lists
-    where they nest."""
+    where they nest (nested: all of them)."""
     from torch import nn
     blocks = [f"{n}.{i}" if n else i for n, m in model.named_modules() if isinstance(m, (nn.ModuleList,
                                                                                          nn.Sequential))
               for i, c in m.named_children() if _BLOCK_CLASS.search(type(c).__name__)
               and not _NOT_BLOCK_CLASS.search(type(c).__name__)]  # named: a Sequential's children may be named
+    return blocks if nested else _innermost(blocks)
+
+
+def _innermost(blocks: list[str]) -> list[str]:
     return [b for b in blocks if not any(o != b and o.startswith(b + ".") for o in blocks)]
+
+
+_ADDS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
+
+
+def _adding_blocks(model, blocks: list[str], args, kwargs) -> set[str]:
+    """Run the model once (eval, no grad); the blocks inside whose forward two floating tensors of one shape were
+    added."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+    active: list[str] = []
+    seen: set[str] = set()
+    mods = dict(model.named_modules())
+
+    class _Adds(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if active and getattr(func, "__name__", "") in _ADDS and len(args) >= 2 and all(
+                    torch.is_tensor(t) and t.is_floating_point() for t in args[:2]) and args[0].shape == args[1].shape:
+                seen.update(active)
+            return out
+    handles = []
+    for b in blocks:
+        handles.append(mods[b].register_forward_pre_hook(lambda m, a, b=b: active.append(b)))
+        handles.append(mods[b].register_forward_hook(lambda m, a, o, b=b: active.remove(b)))
+    try:
+        with torch.no_grad(), _Adds():
+            model.eval()(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        active.clear()
+    return seen
 
 
 def check(model, inputs_candidates, example_inputs=None) -> dict:
@@ -297,7 +334,8 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["sites"] = len(found)
     rec["source"] = "+".join(x for x in ("table", "probe", "user") if any(s.source == x for s in found)) or "-"
     rec["notes"] = sorted({s.note.split(":")[0] for s in found if s.note})
-    blocks = residual_blocks(model)
+    nested = residual_blocks(model, nested=True)
+    blocks = _innermost(nested)
     covered = [b for b in blocks if any(s.name.startswith(b + ".") or s.block == b for s in found)]
     rec["blocks"], rec["covered"] = len(blocks), len(covered)
     rec["layers"] = len({s.layer for s in found})
@@ -308,12 +346,12 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         cands = branch_candidates(model, example_inputs[0] if example_inputs else None)[:3]
         rec["cause"] = "probe ran, no residual add seen; candidates: " + (", ".join(cands) or "none")
         return rec
-    # inputs: the first candidate the model runs on
+    # inputs: the first candidate the model runs on; blocks inside which no two same-shape tensors are added there
+    # have no residual connection to find (CSPNeXt's SPP bottleneck, HGNet's layers without residual=True)
     inputs = None
     for args, kwargs in inputs_candidates:
         try:
-            with torch.no_grad():
-                model.eval()(*args, **kwargs)
+            adding = _adding_blocks(model, nested, args, kwargs)
             inputs = (args, kwargs)
             break
         except Exception:  # noqa: BLE001
@@ -322,6 +360,11 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         rec.update(status="inputs failed", cause="no candidate input runs the model")
         return rec
     args, kwargs = inputs
+    blocks = _innermost([b for b in nested if b in adding])
+    rec["blocks_without_add"] = len([b for b in _innermost(nested) if b not in adding])
+    covered = [b for b in blocks if any(s.name.startswith(b + ".") or s.block == b for s in found)]
+    rec["blocks"], rec["covered"] = len(blocks), len(covered)
+    rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     model.eval()
     eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
     with torch.no_grad():
