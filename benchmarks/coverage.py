@@ -82,8 +82,8 @@ _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_
         "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
 
 
-_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32),
-             (re.compile(r"(num_attention_heads|_num_heads)$"), 2), (re.compile(r"num_hidden_layers$"), 2),
+_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32), (re.compile(r"num_attention_heads$"), 2),
+             (re.compile(r"num_key_value_heads$"), 2), (re.compile(r"num_hidden_layers$"), 2),
              (re.compile(r"intermediate_size$"), 64)]
 _MROPE_TYPES = re.compile(r"vl|glm|omni|video|image")  # text models that may use multimodal RoPE sections
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
@@ -94,9 +94,9 @@ def _set(cfg, k, v) -> None:
         setattr(cfg, k, v)
 
 
-def _shrink(cfg, seen=None) -> None:
+def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     """Small widths and depths on a config and its sub-configs, where the fields exist (in place), then the fields
-    that depend on them made consistent (`_consistent`)."""
+    that depend on them made consistent (`_consistent`; kv_heads: key/value heads, None: as many as query heads)."""
     seen = seen if seen is not None else set()
     if id(cfg) in seen:
         return
@@ -125,10 +125,10 @@ def _shrink(cfg, seen=None) -> None:
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
-    _consistent(cfg)
+    _consistent(cfg, kv_heads)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
-            _shrink(sub, seen)
+            _shrink(sub, seen, kv_heads)
 
 
 def _int(cfg, k):
@@ -136,15 +136,16 @@ def _int(cfg, k):
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-def _consistent(cfg) -> None:
-    """Fields derived from the shrunk ones, which a config computes once in its __init__: key/value heads = heads,
+def _consistent(cfg, kv_heads: int | None = 1) -> None:
+    """Fields derived from the shrunk ones, which a config computes once in its __init__: key/value heads (kv_heads,
+    None: = heads),
     head_dim = hidden / heads (MLA: the rope part), Mamba heads x head size = expand x hidden, M-RoPE sections
     summing to head_dim / 2."""
     heads, hidden = _int(cfg, "num_attention_heads"), _int(cfg, "hidden_size")
     if heads:
         for k in _KV_HEADS:
             if k in vars(cfg) and (getattr(cfg, k) is None or _int(cfg, k)):
-                _set(cfg, k, heads)
+                _set(cfg, k, min(kv_heads or heads, heads))
     rope, nope = _int(cfg, "qk_rope_head_dim"), _int(cfg, "qk_nope_head_dim")
     if rope:  # multi-head latent attention: head_dim is the rotary part, qk_head_dim = nope + rope
         if "head_dim" in vars(cfg):
@@ -175,7 +176,7 @@ def _consistent(cfg) -> None:
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
 # the depth shrunk, then the model type's default config, where that has at most _MAX_PARAMS parameters
-_LEVELS = ("small", "shallow", "default")
+_LEVELS = ("small", "small-kv", "shallow", "default")  # small-kv: as many key/value heads as query heads
 _MAX_PARAMS = 200_000_000
 
 
@@ -199,8 +200,8 @@ def build_transformers(model_type: str, level: str = "small"):
     import transformers as T
     from transformers.models.auto import modeling_auto as MA
     cfg = T.AutoConfig.for_model(model_type)
-    if level == "small":
-        _shrink(cfg)
+    if level in ("small", "small-kv"):
+        _shrink(cfg, kv_heads=1 if level == "small" else None)
     elif level == "shallow":
         _shallow(cfg)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -213,7 +214,7 @@ def build_transformers(model_type: str, level: str = "small"):
         cls_name = cls_name[0]
     cls = getattr(T, cls_name)
     make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
-    if level != "small":
+    if level not in ("small", "small-kv"):
         with torch.device("meta"):
             n = sum(p.numel() for p in make().parameters())
         if n > _MAX_PARAMS:
@@ -451,7 +452,8 @@ _NO_RETRY = re.compile(r"missing \d+ required|You (have|must) to specify|You mus
 
 def run_one(library: str, name: str, timeout: float) -> dict:
     """One model; a transformers model that fails at the small config (the benchmark's shrinking can make a config
-    inconsistent) is retried at the shallow, then the default config. The record is the first level that runs, or
+    inconsistent) is retried with as many key/value heads as query heads, then at the shallow, then the default
+    config. The record is the first level that runs, or
     the small level's failure with the later levels' causes appended."""
     first = rec = _run_level(library, name, "small", timeout)
     if library != "transformers" or _NO_RETRY.search(rec.get("cause", "")):

@@ -102,6 +102,9 @@ _SCALE_OPS = {"mul", "__mul__", "__rmul__", "div", "__truediv__"}
 _NOT_BRANCH = (nn.Embedding,)
 # the last name of a module that computes the skip, not a branch (ResNet's downsample, ConvNeXt's shortcut)
 _SKIP_NAME = re.compile(r"shortcut|short_cut|downsample|skip|identity", re.I)
+# a mixture of experts' always-on experts, added to the routed experts' output (both computed from the block's
+# input): that sum is the MLP's own, not a residual add
+_NOT_BRANCH_NAME = re.compile(r"^shared_experts?$|^shared_mlp$", re.I)
 
 
 class ProbeFailedError(NoResidualSiteError):
@@ -236,6 +239,8 @@ class _AddWatcher(TorchFunctionMode):
         for _, _, v in terms:
             if v is not None:
                 self.loose.add(v.chain[-1][0])
+        if any(v is not None and _NOT_BRANCH_NAME.search(v.chain[-1][0].rsplit(".", 1)[-1]) for _, _, v in terms):
+            return  # routed + shared experts: the MLP's own sum, whichever comes first
         for i, (tid, _, v) in enumerate(terms):
             if v is None or tid in self.branches:
                 continue

@@ -409,6 +409,20 @@ def test_a_branch_returning_a_list_keeps_it_a_list(tmp_path):
     _check_oracle(vanilla, model, [(r"h\.\d\.attn", 0), (r"h\.\d\.mlp", None)], 2 * L, kwargs=_IDS)
 
 
+def test_shared_experts_added_to_routed_experts_are_not_a_residual_branch(tmp_path):
+    """Ernie 4.5 MoE adds its always-on shared experts to the routed experts' output inside the MLP (shared first,
+    then `+ experts(..)`): that sum is the MLP's own. Sites: self_attn and mlp per layer, nothing inside the MLP."""
+    cfg = T.Ernie4_5_MoeConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=2,
+                               num_key_value_heads=1, vocab_size=100, moe_intermediate_size=32, moe_k=2,
+                               moe_num_experts=4, moe_num_shared_experts=1, moe_layer_start_index=0,
+                               moe_layer_end_index=L - 1)
+    vanilla, model = _hf_pair(T.Ernie4_5_MoeModel, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert [s.name for s in found] == [f"layers.{i}.{m}" for i in range(L) for m in ("self_attn", "mlp")]
+    _check_oracle(vanilla, model, [(r"layers\.\d\.self_attn", 0), (r"layers\.\d\.mlp", None)], 2 * L,
+                  kwargs=_IDS)
+
+
 def test_table_sites_that_are_not_exactly_what_is_added_say_so():
     cfg = T.GraniteConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                           intermediate_size=64, vocab_size=100, residual_multiplier=0.5)
