@@ -366,6 +366,8 @@ def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
         mel = getattr(a, "num_mel_bins", None)
         if mel:  # spectrogram transformers (AST) take input_values as (batch, frames, mel bins)
             out.insert(0, torch.randn(_BATCH, int(getattr(a, "max_length", 0) or 64), int(mel), generator=g))
+        chans = int(getattr(a, "audio_channels", None) or 1)  # codecs (EnCodec, DAC): (batch, channels, samples)
+        out.append(torch.randn(_BATCH, chans, 16000, generator=g))
         return out
     mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
     frames = 2 * int(getattr(a, "max_source_positions", 0) or 32)

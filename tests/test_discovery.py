@@ -353,6 +353,21 @@ def test_audio_model_gets_input_values(tmp_path):
     _check_oracle(vanilla, model, zspec, 2 * L, kwargs=dict(input_values=wave))
 
 
+def test_audio_codec_gets_input_values_with_a_channel_dimension(tmp_path):
+    """EnCodec takes input_values as (batch, channels, samples): the probe's last audio candidate; its residual units
+    (`shortcut(x) + block(x)`) get a site each. The oracle covers the decoder's: no gradient flows back through the
+    quantizer's codes to the encoder, so a penalty applied in the backward pass never reaches the encoder's sites
+    (the explicit penalty would)."""
+    cfg = T.EncodecConfig(hidden_size=32, num_filters=8, num_residual_layers=1, upsampling_ratios=[2, 2],
+                          codebook_size=16, codebook_dim=32, num_lstm_layers=1)
+    vanilla, model = _hf_pair(T.EncodecModel, cfg, tmp_path)
+    found = hf_penal.sites(model)
+    assert [s.name for s in found] == ["encoder.layers.1.block.3", "encoder.layers.4.block.3",
+                                       "decoder.layers.4.block.3", "decoder.layers.7.block.3"]
+    wave = torch.randn(2, 1, 800, generator=torch.Generator().manual_seed(1))
+    _check_oracle(vanilla, model, [(r"decoder\.layers\.\d\.block\.3", None)], 2, kwargs=dict(input_values=wave))
+
+
 def test_speech_encoder_decoder_gets_input_features_and_decoder_ids():
     cfg = T.WhisperConfig(d_model=32, encoder_layers=L, decoder_layers=L, encoder_attention_heads=2,
                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
