@@ -525,8 +525,8 @@ def table(library: str, recs: list[dict], command: str, rule: str) -> str:
     s = summarize(recs)
     pct = (lambda a, b: f"{100 * a / b:.0f} %" if b else "-")  # noqa: E731
     lines = [f"## {library}", "", f"Command: `{command}`  ", f"Sample: {rule}", "",
-             f"- models tried: {s['total']}; built (small config, or a fallback config for transformers): {s['built']}; measured (built, ran within "
-             f"the time limit): {s['measured']}",
+             f"- models tried: {s['total']}; built (small config, or a fallback config for transformers): "
+             f"{s['built']}; measured (built, ran within the time limit): {s['measured']}",
              f"- **coverage: {s['ok']} / {s['measured']} = {pct(s['ok'], s['measured'])}** of measured models have a "
              f"site in every residual block, exact gradients (penalized = explicit-penalty oracle) and bit-identical "
              f"eval outputs; {s['some']} / {s['measured']} = {pct(s['some'], s['measured'])} have ≥ 1 site with "
