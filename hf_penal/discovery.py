@@ -171,7 +171,7 @@ class _AddWatcher(TorchFunctionMode):
         self.keep: list = []  # keeps probed tensors alive so ids stay unique
         self.values: dict[int, _Value] = {}
         self.versions: dict[int, int] = {}  # id -> version counter when a module returned it
-        self.mutated: set[int] = set()  # ids of module outputs that an in-place op modified later
+        self.mutated: set[tuple] = set()  # chains of module outputs that an in-place op modified later
         self.terms: dict[int, tuple] = {}  # id(sum) -> (owner, operands of the chain of adds that made it)
         self.stack: list[tuple] = []  # (module name, start, birth of its first input)
         self.calls: dict[str, int] = {}
@@ -194,7 +194,7 @@ class _AddWatcher(TorchFunctionMode):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
         if id(out) in self.born:  # in place: the same tensor
             if id(out) in self.values:
-                self.mutated.add(id(out))
+                self.mutated.add(self.values[id(out)].chain)
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
@@ -274,6 +274,7 @@ class _AddWatcher(TorchFunctionMode):
                 return
             prev = self.values.get(id(t))
             if prev is not None and self.versions.get(id(t), t._version) != t._version:
+                self.mutated.add(prev.chain)
                 prev = None  # modified in place (an in-place activation): this module computes a new value
             self.versions[id(t)] = t._version
             link = (name, index, t.numel())
@@ -283,6 +284,11 @@ class _AddWatcher(TorchFunctionMode):
                 self.values[id(t)] = _Value((link,), min(start, self._born_of(t)), in_born)
             self.keep.append(t)
         return hook
+
+    def _mutated(self, chain: tuple, k: int) -> bool:
+        """Whether the output of the chain's k-th module (the same tensor through the pass-throughs after it) was
+        modified in place later, also through a scaled copy's source (NF-Net's `out.mul_(skipinit_gain)`)."""
+        return any(chain[k] in m for m in self.mutated)  # a chain continues only through the same tensor
 
     def sites(self) -> list[dict]:
         """One site per branch: the outermost module of its chain that, at every call, is the site of a branch (a
@@ -315,7 +321,7 @@ class _AddWatcher(TorchFunctionMode):
             kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
                                [c[0] for c in reversed(chain[:k])])
             found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
-                                        inplace=(inplace and k == len(chain) - 1) or tid in self.mutated,
+                                        inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k),
                                         skip=None, source="probe",
                                         note="; ".join(notes)))
         return list(found.values())

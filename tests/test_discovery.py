@@ -226,6 +226,21 @@ def test_a_parallel_branch_whose_output_the_block_adds_into_in_place_is_copied()
     _check_oracle(vanilla, model, zspec, len(found), args=(x,))
 
 
+def test_a_site_output_scaled_in_place_before_a_scaled_add_is_copied():
+    """NF-Net with skipinit: `out.mul_(skipinit_gain)` on the branch output, then `out * alpha + shortcut`: the add
+    sees a scaled copy, but the site's own output was modified in place, so the connection keeps a copy (else:
+    "Output 0 of _PenalFunction is a view and is being modified inplace")."""
+    from timm.models.nfnet import NfCfg, NormFreeNet
+    cfg = NfCfg(depths=(1, 1), channels=(32, 64), stem_chs=16, group_size=8, bottle_ratio=0.5, extra_conv=True,
+                skipinit=True, num_features=0, attn_layer="se", attn_kwargs=dict(rd_ratio=0.5), act_layer="gelu",
+                gamma_in_act=True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    vanilla, model, found, zspec = _penalized_copy(NormFreeNet(cfg, num_classes=3), x)
+    assert [(s.name, s.inplace) for s in found] == [("stages.0.0.drop_path", True), ("stages.1.0.drop_path", True)]
+    _check_oracle(vanilla, model, zspec, 2, args=(x,))
+
+
 # ------------------------------------------------------------------------------------------------ honest probe errors
 def _botnet(tmp_path, **penal):
     """BoTNet built at 64 px: its attention asserts the feature size, the model's pretrained_cfg says 256 px."""
