@@ -518,7 +518,10 @@ def summarize(recs: list[dict]) -> dict:
     ran = [r for r in built if r["status"] not in ("timeout", "crash")]  # an error in the checks is a failure
     ok = [r for r in ran if r["status"] == "ok"]
     some = [r for r in ran if r["status"] in ("ok", "partial")]
-    return dict(total=len(recs), built=len(built), measured=len(ran), ok=len(ok), some=len(some))
+    plain = [r for r in ran if r["status"] == "no site" and r.get("cause", "").endswith("candidates: none")]
+    residual = len(ran) - len(plain)  # the probe saw no add of a module's output to an older tensor anywhere
+    return dict(total=len(recs), built=len(built), measured=len(ran), ok=len(ok), some=len(some),
+                no_residual=len(plain), residual=residual)
 
 
 def table(library: str, recs: list[dict], command: str, rule: str) -> str:
@@ -530,7 +533,10 @@ def table(library: str, recs: list[dict], command: str, rule: str) -> str:
              f"- **coverage: {s['ok']} / {s['measured']} = {pct(s['ok'], s['measured'])}** of measured models have a "
              f"site in every residual block, exact gradients (penalized = explicit-penalty oracle) and bit-identical "
              f"eval outputs; {s['some']} / {s['measured']} = {pct(s['some'], s['measured'])} have ≥ 1 site with "
-             f"exact gradients", "",
+             f"exact gradients",
+             f"- {s['no_residual']} measured models have no residual add at all (the probe saw no submodule output "
+             f"added to an older tensor: concatenating or plain nets); among the {s['residual']} others: "
+             f"**{s['ok']} / {s['residual']} = {pct(s['ok'], s['residual'])}**", "",
              "| model | status | source | sites | blocks covered | grad rel. err | eval identical | s "
              "| cause / notes |",
              "|---|---|---|---|---|---|---|---|---|"]
