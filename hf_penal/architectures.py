@@ -73,6 +73,11 @@ BRANCHES: dict[str, list] = {
     "BasicBlock": _RESNET_BASIC,
     "Bottleneck": _RESNET_BOTTLENECK,
     "ConvNeXtBlock": [("drop_path", None, "conv", "output@shortcut~norm")],
+    # DLA's tree leaves: `out += shortcut` where the shortcut is an argument (the tree's projection, or x), outside
+    # numbered layers, so the probe only suggests them; residual modes are not supported there
+    "DlaBasic": [("bn2", None, "conv", None)],
+    "DlaBottleneck": [("bn3", None, "conv", None)],
+    "DlaBottle2neck": [("bn3", None, "conv", None)],
 }
 
 #: where a table site's penalty is not exactly (tau/2)·‖what the block adds‖²: the site's `note`
@@ -84,11 +89,12 @@ NOTES = {
 
 #: blocks whose residual add writes into z's storage (timm ResNet: `x += shortcut` then ReLU(inplace)); the op keeps
 #: its own copy of z there
-INPLACE_ADD = {"BasicBlock", "Bottleneck"}
+INPLACE_ADD = {"BasicBlock", "Bottleneck", "DlaBasic", "DlaBottleneck", "DlaBottle2neck"}
 
 #: generic class names that only count when defined by these packages (a "Block" elsewhere may be anything)
 VISION_BLOCKS = {"Block": ("timm.",), "BasicBlock": ("timm.", "torchvision."), "Bottleneck": ("timm.", "torchvision."),
-                 "ConvNeXtBlock": ("timm.",)}
+                 "ConvNeXtBlock": ("timm.",), "DlaBasic": ("timm.",), "DlaBottleneck": ("timm.",),
+                 "DlaBottle2neck": ("timm.",)}
 #: ... except in these modules: timm's SAM ViT `Block` un-partitions its windows (dropping the padding) *after*
 #: drop_path1, so no module returns what is added; the generic probe takes drop_path1 and notes the padding
 NOT_TABLE_MODULES = ("timm.models.vision_transformer_sam",)

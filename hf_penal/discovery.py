@@ -147,6 +147,9 @@ _SCALE_OPS = {"mul", "__mul__", "__rmul__", "div", "__truediv__"}
 _NOT_BRANCH = (nn.Embedding,)
 # the last name of a module that computes the skip, not a branch (ResNet's downsample, ConvNeXt's shortcut)
 _SKIP_NAME = re.compile(r"shortcut|short_cut|downsample|skip|identity", re.I)
+# a mixture of experts' always-on experts, added to the routed experts' output (both computed from the block's
+# input): that sum is the MLP's own, not a residual add
+_NOT_BRANCH_NAME = re.compile(r"^shared_experts?$|^shared_mlp$", re.I)
 
 
 class ProbeFailedError(NoResidualSiteError):
@@ -195,6 +198,12 @@ class _Value:
     scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
 
 
+def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
+    """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
+    gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
+    return c.dim() == out.dim() and out.dim() > 1 and c.shape[0] == out.shape[0] > 1
+
+
 class _AddWatcher(TorchFunctionMode):
     """Watches one forward pass. An add inside a numbered layer whose operands (a chain of adds counts as one add of
     all its operands) include the output z of a submodule M and a tensor that existed before M started is a
@@ -206,6 +215,8 @@ class _AddWatcher(TorchFunctionMode):
         self.born: dict[int, int] = {}  # id -> birth time (through shape-only ops: the original's)
         self.keep: list = []  # keeps probed tensors alive so ids stay unique
         self.values: dict[int, _Value] = {}
+        self.versions: dict[int, int] = {}  # id -> version counter when a module returned it
+        self.mutated: set[tuple] = set()  # chains of module outputs that an in-place op modified later
         self.terms: dict[int, tuple] = {}  # id(sum) -> (owner, operands of the chain of adds that made it)
         self.stack: list[tuple] = []  # (module name, start, birth of its first input)
         self.calls: dict[str, int] = {}
@@ -227,6 +238,8 @@ class _AddWatcher(TorchFunctionMode):
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
         if id(out) in self.born:  # in place: the same tensor
+            if id(out) in self.values:
+                self.mutated.add(self.values[id(out)].chain)
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
@@ -245,7 +258,7 @@ class _AddWatcher(TorchFunctionMode):
             if v is None or t.shape != out.shape:
                 continue
             constant = isinstance(c, (int, float)) or (torch.is_tensor(c) and c.numel() < out.numel()
-                                                       and id(c) not in self.values)
+                                                       and id(c) not in self.values and not _per_sample(c, out))
             if constant:
                 self.values[id(out)] = dataclasses.replace(v, scaled_after=len(v.chain))
                 self.born[id(out)] = self._born_of(t)
@@ -271,6 +284,8 @@ class _AddWatcher(TorchFunctionMode):
         for _, _, v in terms:
             if v is not None:
                 self.loose.add(v.chain[-1][0])
+        if any(v is not None and _NOT_BRANCH_NAME.search(v.chain[-1][0].rsplit(".", 1)[-1]) for _, _, v in terms):
+            return  # routed + shared experts: the MLP's own sum, whichever comes first
         for i, (tid, _, v) in enumerate(terms):
             if v is None or tid in self.branches:
                 continue
@@ -303,6 +318,10 @@ class _AddWatcher(TorchFunctionMode):
             else:
                 return
             prev = self.values.get(id(t))
+            if prev is not None and self.versions.get(id(t), t._version) != t._version:
+                self.mutated.add(prev.chain)
+                prev = None  # modified in place (an in-place activation): this module computes a new value
+            self.versions[id(t)] = t._version
             link = (name, index, t.numel())
             if prev is not None:  # a pass-through (dropout, drop path, identity) of a known value
                 self.values[id(t)] = dataclasses.replace(prev, chain=prev.chain + (link,), in_born=in_born)
@@ -310,6 +329,11 @@ class _AddWatcher(TorchFunctionMode):
                 self.values[id(t)] = _Value((link,), min(start, self._born_of(t)), in_born)
             self.keep.append(t)
         return hook
+
+    def _mutated(self, chain: tuple, k: int) -> bool:
+        """Whether the output of the chain's k-th module (the same tensor through the pass-throughs after it) was
+        modified in place later, also through a scaled copy's source (NF-Net's `out.mul_(skipinit_gain)`)."""
+        return any(chain[k] in m for m in self.mutated)  # a chain continues only through the same tensor
 
     def sites(self) -> list[dict]:
         """One site per branch: the outermost module of its chain that, at every call, is the site of a branch (a
@@ -342,7 +366,8 @@ class _AddWatcher(TorchFunctionMode):
             kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
                                [c[0] for c in reversed(chain[:k])])
             found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
-                                        inplace=inplace and k == len(chain) - 1, skip=None, source="probe",
+                                        inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k),
+                                        skip=None, source="probe",
                                         note="; ".join(notes)))
         return list(found.values())
 
@@ -392,6 +417,8 @@ def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
         mel = getattr(a, "num_mel_bins", None)
         if mel:  # spectrogram transformers (AST) take input_values as (batch, frames, mel bins)
             out.insert(0, torch.randn(_BATCH, int(getattr(a, "max_length", 0) or 64), int(mel), generator=g))
+        chans = int(getattr(a, "audio_channels", None) or 1)  # codecs (EnCodec, DAC): (batch, channels, samples)
+        out.append(torch.randn(_BATCH, chans, 16000, generator=g))
         return out
     mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
     frames = 2 * int(getattr(a, "max_source_positions", 0) or 32)
@@ -571,17 +598,34 @@ def _as_sites(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
     return [ResidualSite(depth=layers.index(s["layer"]), n_layers=len(layers), **s) for s in raw]
 
 
+def _stacks_outside(model: nn.Module, blocks: set[str]) -> bool:
+    """Whether the model has a ModuleList of layers none of which is, holds or lies in a table block (a vision or
+    audio tower next to a text tower the table knows, a detection transformer next to a table backbone)."""
+    def related(name):
+        return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
+    return any(isinstance(m, nn.ModuleList) and len(m) > 0 and not related(n)
+               and not any(related(f"{n}.{i}" if n else i) for i, _ in m.named_children())
+               for n, m in model.named_modules())
+
+
 def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) -> list[ResidualSite]:
-    """All residual sites of a model (table first, generic probe otherwise), in model order. A probe that cannot run
-    the model raises `ProbeFailedError` (``strict=False``: finds nothing instead)."""
+    """All residual sites of a model, in model order: the table's, and the generic probe's outside the table's blocks
+    (the probe runs when no table block is found, or when some stack of layers holds none). A probe that cannot run
+    the model raises `ProbeFailedError` when the table found nothing (``strict=False``: finds nothing instead)."""
     raw = _table_sites(model)
-    if not raw:
+    blocks = {s["block"] for s in raw}
+    if not raw or _stacks_outside(model, blocks):
         try:
-            raw = probe_sites(model, example_inputs)
+            probed = probe_sites(model, example_inputs)
         except ProbeFailedError:
-            if strict:
+            if strict and not raw:
                 raise
-            raw = []
+            probed = []
+        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".")
+                                           or s["name"].startswith(b + ".") for b in blocks)]
+        if probed and len(inside) < len(probed):
+            order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+            raw = sorted(raw + [s for s in probed if s not in inside], key=lambda s: order[s["name"]])
     return _as_sites(model, raw)
 
 

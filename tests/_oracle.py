@@ -14,9 +14,9 @@ def _capture(index, captured):
         z2 = z.clone()  # downstream in-place ops (timm ResNet) must not touch the captured value
         if index is None:
             return z2
-        out = list(out)
-        out[index] = z2
-        return tuple(out)
+        lst = list(out)
+        lst[index] = z2
+        return type(out)(lst) if isinstance(out, tuple) else lst  # a list stays a list (OpenAI GPT's Attention)
     return hook
 
 
