@@ -37,13 +37,17 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 def _host(modules: dict, site_name: str) -> tuple[nn.Module, str]:
     """(module that holds a site's connection/mode children, suffix of their names). The branch-end module itself,
-    unless it is a container whose forward would run any child we add: then its parent, with the container's
-    attribute name as suffix (``penal_connection_ffn``)."""
+    unless it is a container whose forward (or whose owner's iteration) would run any child we add: then its
+    nearest ancestor that is not a container, with the path below it as suffix (``penal_connection_ffn``;
+    HRNet's ``fuse_layers.0.1`` Sequential inside ModuleLists: ``penal_connection_fuse_layers_0_1``)."""
     mod = modules[site_name]
-    if isinstance(mod, _CONTAINERS) and site_name:
-        parent, _, attr = site_name.rpartition(".")
-        return modules[parent], "_" + attr
-    return mod, ""
+    if not isinstance(mod, _CONTAINERS) or not site_name:
+        return mod, ""
+    parts = site_name.split(".")
+    cut = len(parts) - 1
+    while cut > 0 and isinstance(modules[".".join(parts[:cut])], _CONTAINERS):
+        cut -= 1
+    return modules[".".join(parts[:cut])], "_" + "_".join(parts[cut:])
 
 
 class _PenalState:
@@ -232,8 +236,12 @@ def _current_modes(model: nn.Module, chosen) -> dict | None:
     if not chosen:
         return None
     modules = dict(model.named_modules())
-    found = {s.name: modules[s.name]._modules[MODE] for s in chosen
-             if s.name in modules and MODE in modules[s.name]._modules}
+    found = {}
+    for s in chosen:
+        if s.name in modules:
+            host, suffix = _host(modules, s.name)
+            if MODE + suffix in host._modules:
+                found[s.name] = host._modules[MODE + suffix]
     return found or None
 
 

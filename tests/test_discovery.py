@@ -215,6 +215,23 @@ def test_an_in_place_activation_is_not_a_pass_through_and_in_place_modified_site
     _check_oracle(vanilla, model, zspec, None, args=(x,))
 
 
+def test_a_container_branch_inside_module_lists_keeps_its_connection_outside_them():
+    """HRNet's fuse layers: `y = y + fuse_layers[i][j](x[j])` iterates ModuleLists whose elements are Sequential
+    branches. A connection added to one of those lists became an extra element (IndexError); it lives on the nearest
+    ancestor that is not a container. Gradients equal the oracle's, and `remove` restores the module tree."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    vanilla, model, found, zspec = _penalized_copy(timm.create_model("hrnet_w18_small", num_classes=3), x)
+    fused = [s.name for s in found if ".fuse_layers." in s.name]
+    assert fused and all(isinstance(vanilla.get_submodule(n), nn.Sequential) for n in fused)
+    host, _, _ = fused[0].partition(".fuse_layers.")
+    suffix = fused[0][len(host) + 1:].replace(".", "_")
+    assert isinstance(model.get_submodule(f"{host}.penal_connection_{suffix}"), hf_penal.PenalConnection)
+    _check_oracle(vanilla, model, zspec, None, args=(x,))
+    hf_penal.remove(model)
+    assert [n for n, _ in model.named_modules()] == [n for n, _ in vanilla.named_modules()]
+
+
 def test_a_parallel_branch_whose_output_the_block_adds_into_in_place_is_copied():
     """MobileOne: `out = conv_scale(x); for ck in conv_kxk: out += ck(x)`: the scale branch's output is modified in
     place by the next branch's add, so its site is marked in place and gradients stay exact."""
