@@ -323,17 +323,17 @@ class PenalCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is None or self._schedule is None:
             return
-        pairs = self._pairs(model)
-        if not pairs:
+        root = surgery.penalized_root(model)  # once per step: a wrapped model (DDP) is searched
+        if not surgery.connections(root):
             return
         if self._sync_pending and state.global_step > 0:  # step 0's first backward calibrated
-            sync_calibration(model)  # every rank: the τ_l of the global batch
+            sync_calibration(root)  # every rank: the τ_l of the global batch
             self._sync_pending = False
         rel = self._schedule(state.global_step, state.max_steps)
-        surgery.set_tau_factor(model, rel, self._schedule.depth_profile)
+        surgery.set_tau_factor(root, rel, self._schedule.depth_profile)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         scale = _scale_of(getattr(getattr(trainer, "accelerator", None), "scaler", None))
-        surgery.set_loss_scale(surgery.penalized_root(model), 1.0 if scale is None else scale, self._world)
+        surgery.set_loss_scale(root, 1.0 if scale is None else scale, self._world)
         self._rel = rel
 
     def metrics(self, model: nn.Module, reset: bool = True) -> dict[str, float]:
@@ -376,15 +376,15 @@ class PenalCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is None or self._schedule is None:
             return
-        pairs = self._pairs(model)
-        if not pairs:
+        root = surgery.penalized_root(model)
+        if not surgery.connections(root):
             return
         if self.settings.penal_log_efficiency:
-            track_efficiency(model, False)
+            track_efficiency(root, False)
         # leave the model as configured: schedule factor 1, unit gain; calibrated τ_l stay
-        surgery.set_tau_factor(model, 1.0)
-        surgery.set_loss_scale(surgery.penalized_root(model), 1.0)
-        surgery.record_settings(surgery.penalized_root(model))
+        surgery.set_tau_factor(root, 1.0)
+        surgery.set_loss_scale(root, 1.0)
+        surgery.record_settings(root)
 
 
 def _is_train_row(logs: dict) -> bool:
