@@ -67,6 +67,47 @@ def exceeds_2se(a, b) -> bool:
     return abs(ma - mb) > 2 * se
 
 
+def welch(a, b) -> dict:
+    """Welch's t-test of mean(a) − mean(b): diff, t, df (Welch–Satterthwaite), two-sided p, 95 % CI of the
+    difference. NaNs are dropped; fewer than 2 values on a side give p = nan."""
+    from scipy import stats
+    a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    out = dict(diff=ma - mb, t=math.nan, df=math.nan, p=math.nan, lo=math.nan, hi=math.nan, n=(len(a), len(b)))
+    if len(a) < 2 or len(b) < 2:
+        return out
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {**out, "p": 1.0 if ma == mb else 0.0, "lo": ma - mb, "hi": ma - mb}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    t = (ma - mb) / se
+    half = stats.t.ppf(0.975, df) * se
+    return {**out, "t": t, "df": df, "p": 2 * stats.t.sf(abs(t), df), "lo": ma - mb - half, "hi": ma - mb + half}
+
+
+def paired_p(a: dict, b: dict) -> tuple[float, int]:
+    """Two-sided p of the paired t-test over the seeds both dicts ({seed: value}) hold, and that count."""
+    from scipy import stats
+    common = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in common if not (math.isnan(a[s]) or math.isnan(b[s]))]
+    if len(d) < 2:
+        return math.nan, len(d)
+    if statistics.pstdev(d) == 0:
+        return (1.0 if d[0] == 0 else 0.0), len(d)
+    return float(stats.ttest_1samp(d, 0.0).pvalue), len(d)
+
+
+def holm(pvalues: list, alpha: float = 0.05) -> list:
+    """Holm–Bonferroni: for each p (in the given order), whether it is rejected at family-wise level alpha."""
+    order = sorted(range(len(pvalues)), key=lambda i: (math.isnan(pvalues[i]), pvalues[i]))
+    out, m, still = [False] * len(pvalues), len(pvalues), True
+    for rank, i in enumerate(order):
+        still = still and not math.isnan(pvalues[i]) and pvalues[i] <= alpha / (m - rank)
+        out[i] = still
+    return out
+
+
 def write_section(path: str, name: str, body: str) -> None:
     """Replace (or append) the section `name` of the markdown file at `path` with `body`."""
     p = Path(path)

