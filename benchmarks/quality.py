@@ -95,7 +95,7 @@ PRESETS = {
         vit=dict(depth=2, dim=32, steps=6, batch=32, lrs=(1e-3, 1e-2), n_train=256, n_test=128),
         mnist=dict(n=1, width=4, steps=6, batch=32, lrs=(0.1, 1.0), n_train=256, n_test=128),
         finetune=dict(seq=32, steps=3, batch=8, lrs=(2e-4, 2e-3), n_train=48, n_test=40))),
-    "small": Preset(seeds=5, heldout_seeds=5, control_seeds=3, map_seeds=3, lrmap=_ADAM_MAP, tasks=dict(
+    "small": Preset(seeds=5, heldout_seeds=3, control_seeds=2, map_seeds=2, lrmap=_ADAM_MAP, tasks=dict(
         bbc=dict(layers=4, hidden=64, seq=64, steps=200, batch=16, lrs=(3e-4, 1e-3, 3e-3)),
         seq2seq=dict(layers=2, d_model=64, steps=400, batch=64, lrs=(1e-3, 3e-3, 1e-2), n_train=8000, n_test=1000),
         lm_gpt2=dict(layers=4, width=64, seq=64, steps=200, batch=16, lrs=(3e-4, 1e-3, 3e-3), vocab=2048,

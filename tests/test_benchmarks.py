@@ -4,6 +4,7 @@ They run each script's `main` in this process (importing torch/transformers/timm
 tables have the rows the full runs will have, and that each script rewrites only its own section of the file.
 """
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -60,40 +61,84 @@ def test_benchmark_scripts_write_tables_with_expected_rows(tmp_path):
     assert "Llama 2 layers × 256 (meta device)" in section and "Command: `python" in section
 
 
-def test_quality_study_selects_by_its_rule_then_reports_the_held_out_task(tmp_path):
+def test_quality_study_selects_by_its_rule_then_runs_held_out_tasks_with_the_selection(tmp_path):
     quality = _load("quality")
     out = tmp_path / "BENCHMARKS.md"
-    _run(quality, ["--preset", "tiny", "--seeds", "1", "--tasks", "bbc", "mnist", "--threads", "1", "--out", str(out),
-                   "--json", str(tmp_path / "runs.json")])
+    runs = quality.main(["--preset", "tiny", "--tasks", "bbc", "seq2seq", "lm_gpt2", "mnist", "--parts", "grid",
+                         "--out", str(out), "--figures", str(tmp_path), "--json", str(tmp_path / "runs.json")])
+    torch.set_num_threads(4)
     section = out.read_text().split("<!-- quality:begin -->")[1].split("<!-- quality:end -->")[0]
-    assert "### bbc" in section and "### mnist — **held out**" in section and "Selection rule" in section
-    for arm in ("plain", "paper τ=0.0003", "auto ρ=0.01", "auto ρ=0.03", "auto ρ=0.1", "auto ρ=0.3"):
-        assert f"| {arm} |" in section
-    runs = __import__("json").loads((tmp_path / "runs.json").read_text())
-    chosen = quality.select({(r["task"], r["lr"], r["arm"]): [r] for r in runs if r["seed"] < 1}, 1)
-    rho = chosen["scratch"][0]
-    assert f"scratch: **ρ = {rho:g}**" in section
+    chosen = quality.select(runs, quality.PRESETS["tiny"])
+    rho = chosen["rho"]
+    assert f"**ρ = {rho:g}**" in section and "Selection rule" in section and "### mnist — **held out**" in section
     held = {r["arm"] for r in runs if r["task"] == "mnist"}
-    assert held == {"plain", "paper τ=0.0003", f"auto ρ={rho:g}"}  # the held-out task runs the selected default
-    extra = {r["arm"] for r in runs if r["task"] == "bbc" and r["seed"] >= 1}
-    assert extra == {"plain", f"auto ρ={rho:g}"}  # more seeds for plain and the selected default only
-    assert "**Held-out check:**" in section and "**Screen" in section
+    assert held == {"plain", f"ρ={rho:g}", "plain wd 0.005", "plain warm-up 5×", "τ=0"}  # the selected ρ only
+    sel = {r["arm"] for r in runs if r["task"] == "bbc"}
+    assert sel == {"plain", "ρ=0.01", "ρ=0.03", "ρ=0.1", "plain wd 0.1", "plain warm-up 5×", "τ=0"}
+    # connections with τ = 0 train exactly as plain: the same metric, seed by seed
+    by = {(r["task"], r["lr"], r["arm"], r["seed"]): r["metric"] for r in runs}
+    tau0 = [k for k in by if k[2] == "τ=0"]
+    assert len(tau0) == 8 and all(by[k] == by[(k[0], k[1], "plain", k[3])] for k in tau0)
+    assert json.loads((tmp_path / "runs.json").read_text()) == json.loads(json.dumps(runs))
+    assert "comparisons in the table, Holm-corrected" in section and "| lm_gpt2 |" in section
 
 
-def test_selection_maximises_the_worst_case_then_the_mean():
+def _grid(metrics: dict, lrs=(1e-3, 1e-2), seeds=2):
+    """Runs from {(task, lr, arm): mean}: `seeds` runs per cell at mean ± 0.001."""
+    return [dict(task=t, lr=lr, arm=arm, seed=s, metric=m + (0.001 if s % 2 else -0.001))
+            for (t, lr, arm), m in metrics.items() for s in range(seeds)]
+
+
+def test_selection_compares_each_arm_at_its_own_best_lr_and_maximises_the_worst_case():
     quality = _load("quality")
+    preset = quality.PRESETS["tiny"]
+    lrs = preset.tasks["bbc"]["lrs"]
+    assert all(preset.tasks[t]["lrs"] == lrs for t in quality.SELECTION)
 
-    def cells(**deltas):  # arm -> [Δ in (bbc, 1e-3), Δ in (seq2seq, 1e-3)]; plain metric 0.5 everywhere
-        res = {}
-        for task_i, task in enumerate(("bbc", "seq2seq")):
-            res[(task, 1e-3, "plain")] = [dict(metric=0.5, seed=0)]
-            for arm, ds in deltas.items():
-                res[(task, 1e-3, arm)] = [dict(metric=0.5 + ds[task_i], seed=0)]
-        return res
+    def results(gains):  # gains[ρ] = per task (Δ at lr 0, Δ at lr 1); plain is best at lr 0 (0.6) not lr 1 (0.4)
+        m = {}
+        for t in quality.SELECTION:
+            hb = t != "lm_gpt2"
+            m[(t, lrs[0], "plain")], m[(t, lrs[1], "plain")] = (0.6, 0.4) if hb else (60.0, 80.0)
+            for rho, per_task in gains.items():
+                for lr, base, d in zip(lrs, (0.6, 0.4), per_task[t]):
+                    m[(t, lr, f"ρ={rho:g}")] = base + d if hb else (100 * base) * (1 - d)  # lower ppl = gain
+        return _grid(m, lrs)
 
-    got = quality.select(cells(**{"auto ρ=0.01": (0.02, -0.01), "auto ρ=0.03": (0.20, -0.03),
-                                  "auto ρ=0.1": (0.01, 0.00), "auto ρ=0.3": (0.30, -0.30)}), 1)
-    assert got["scratch"][0] == 0.1 and "pretrained" not in got  # best worst case, whatever the mean
-    got = quality.select(cells(**{"auto ρ=0.01": (0.00, -0.002), "auto ρ=0.03": (0.10, -0.004),
-                                  "auto ρ=0.1": (0.00, -0.001), "auto ρ=0.3": (0.30, -0.30)}), 1)
-    assert got["scratch"][0] == 0.03  # within 0.005 of the best worst case: the larger mean wins
+    # ρ 0.1 gains +0.3 at lr 1 (0.7 > plain's best 0.6: +0.1) everywhere; ρ 0.01 is +0.05 at lr 0 but -0.2 on lm
+    got = quality.select(results({
+        0.01: {"bbc": (0.05, 0.0), "seq2seq": (0.05, 0.0), "lm_gpt2": (-0.2, 0.0)},
+        0.03: {"bbc": (0.0, 0.0), "seq2seq": (0.0, 0.0), "lm_gpt2": (0.0, 0.0)},
+        0.1: {"bbc": (0.0, 0.3), "seq2seq": (0.0, 0.3), "lm_gpt2": (0.0, 0.25)}}), preset)
+    assert got["rho"] == 0.1 and abs(got["worst"] - 0.1) < 1e-9  # best lr vs best lr: 0.4 + 0.3 − 0.6
+    # within 0.005 of the best worst case: the smaller ρ wins, whatever the mean
+    got = quality.select(results({
+        0.01: {"bbc": (0.010, 0), "seq2seq": (0.010, 0), "lm_gpt2": (0.010, 0)},
+        0.03: {"bbc": (0.013, 0), "seq2seq": (0.2, 0), "lm_gpt2": (0.2, 0)},
+        0.1: {"bbc": (-0.1, 0), "seq2seq": (0.3, 0), "lm_gpt2": (0.3, 0)}}), preset)
+    assert got["rho"] == 0.01
+    assert quality.select([r for r in results({0.01: {t: (0, 0) for t in quality.SELECTION}})
+                           if r["task"] != "seq2seq"], preset) is None  # incomplete selection: no verdict
+
+
+def test_welch_matches_scipy_and_holm_controls_the_family():
+    from scipy import stats
+    common = _load("_common")
+    a, b = [0.91, 0.89, 0.93, 0.90, 0.92], [0.80, 0.86, 0.78]
+    w = common.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert abs(w["p"] - ref.pvalue) < 1e-12 and abs(w["t"] - ref.statistic) < 1e-12
+    assert abs(w["df"] - ref.df) < 1e-9
+    ci = ref.confidence_interval(0.95)
+    assert abs(w["lo"] - ci.low) < 1e-12 and abs(w["hi"] - ci.high) < 1e-12
+    p, n = common.paired_p({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.5, 1: 1.0, 2: 2.0, 3: 9.0})
+    assert n == 3 and abs(p - stats.ttest_rel([1.0, 2.0, 3.5], [0.5, 1.0, 2.0]).pvalue) < 1e-12
+    # Holm: sorted p 0.01 ≤ 0.05/3, 0.02 ≤ 0.05/2, 0.04 ≤ 0.05/1 -> all; one more large p stops at the 4th
+    assert common.holm([0.02, 0.01, 0.04]) == [True, True, True]
+    assert common.holm([0.02, 0.01, 0.04, 0.5]) == [True, True, False, False]
+
+
+def test_lr_sensitivity_is_the_mean_distance_from_the_arms_own_best_with_a_cap():
+    quality = _load("quality")
+    assert quality.lr_sensitivity({1: 0.9, 2: 0.7, 3: 0.1}, True, 0.2) == pytest.approx((0 + 0.2 + 0.7) / 3)
+    assert quality.lr_sensitivity({1: 3.0, 2: 4.0, 3: 9.0}, False, 5.0) == pytest.approx((0 + 1 + 2) / 3)

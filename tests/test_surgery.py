@@ -162,3 +162,43 @@ def test_sites_of_a_plain_model_are_listed_without_changing_it(bert):
     before = fingerprint(model)
     assert len(hf_penal.sites(model)) == 4
     assert fingerprint(model) == before
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_connections_with_tau_zero_train_bit_identically_to_plain(arch):
+    """The quality study's τ=0 control: connections attached with τ = 0 change nothing in training (dropout's
+    random stream included), so any difference between an arm and plain comes from τ."""
+    import transformers as T
+    if arch == "bert":
+        cfg = T.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                           num_labels=3)
+        auto = T.BertForSequenceClassification
+    else:
+        cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=2)
+        auto = T.LlamaForCausalLM
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(3, 100, (4, 12), generator=g) for _ in range(4)]
+    labels = [torch.randint(0, 3, (4,), generator=g) if arch == "bert" else b for b in batches]
+
+    def train(tau0: bool):
+        torch.manual_seed(0)
+        model = auto(cfg)
+        if tau0:
+            hf_penal.apply(model, tau=0.0)
+            assert len(hf_penal.sites(model)) == 4
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        for ids, y in zip(batches, labels):
+            loss = model(input_ids=ids, labels=y).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    plain, with_connections = train(False), train(True)
+    assert plain.keys() == with_connections.keys()
+    first = next(iter(plain))
+    assert not torch.equal(plain[first], auto(cfg).state_dict()[first])  # it did train
+    assert all(torch.equal(plain[k], with_connections[k]) for k in plain)
