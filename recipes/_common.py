@@ -212,6 +212,8 @@ def train_and_report(trainer, training_args, task: str, extra: dict | None = Non
         "penal_config": _penal_settings(trainer.model) if training_args.penal else None,
         "penal_schedule": training_args.penal_schedule if training_args.penal else None,
         "world_size": training_args.world_size,
+        "learning_rate": training_args.learning_rate,
+        "warmup_steps": training_args.warmup_steps,
         "train_samples": len(trainer.train_dataset),
         "eval_samples": len(trainer.eval_dataset),
         "global_step": trainer.state.global_step,

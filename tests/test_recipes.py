@@ -153,14 +153,17 @@ def test_main_job_runs_every_arm_per_seed_and_ends_with_computed_verdicts(tmp_pa
                "--model_config", "tiny", "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2",
                "--max_seq_length", "16"])
     results = json.loads((tmp_path / "comparison.json").read_text())["from-scratch"]
-    assert list(results) == ["plain", "penal=True", "paper τ=3e-4"] and all(len(v) == 2 for v in results.values())
-    assert results["plain"][0]["penal"] is False
-    assert results["penal=True"][0]["penal_config"]["tau"] == "auto"
-    assert results["penal=True"][0]["penal_config"]["tau_ratio"] == 0.1  # built from a config: the scratch default
-    assert results["paper τ=3e-4"][0]["penal_config"]["tau"] == 3e-4
-    assert {r["global_step"] for rs in results.values() for r in rs} == {2}
+    assert list(results) == ["plain", "penal=True", "paper τ=3e-4", "plain, tuned"]
+    assert all(len(v) == 2 for v in results.values())
+    assert results["plain"][0]["penal"] is False and results["plain, tuned"][0]["penal"] is False
     sys.path.insert(0, str(RECIPES))
     import main_job
+    assert results["plain, tuned"][0]["learning_rate"] == float(main_job.TUNED_PLAIN[0])
+    assert results["penal=True"][0]["penal_config"]["tau"] == "auto"
+    from hf_penal.config import DEFAULT_TAU_RATIO
+    assert results["penal=True"][0]["penal_config"]["tau_ratio"] == DEFAULT_TAU_RATIO["scratch"]
+    assert results["paper τ=3e-4"][0]["penal_config"]["tau"] == 3e-4
+    assert {r["global_step"] for rs in results.values() for r in rs} == {2}
     assert log.strip().splitlines()[-1] == "Verdict — " + main_job.verdict("from-scratch", results)
     assert (tmp_path / "from-scratch" / "penal_True_seed0" / "penal_diagnostics.png").is_file()
 
@@ -169,13 +172,17 @@ def test_main_job_verdict_follows_the_numbers():
     sys.path.insert(0, str(RECIPES))
     import main_job
 
-    def res(plain, default, paper=(0.5, 0.5, 0.5)):
-        return {"plain": [{"eval_accuracy": a} for a in plain], "penal=True": [{"eval_accuracy": a} for a in default],
-                "paper τ=3e-4": [{"eval_accuracy": a} for a in paper]}
+    def res(plain, default, paper=(0.5, 0.5, 0.5), tuned=None):
+        out = {"plain": plain, "penal=True": default, "paper τ=3e-4": paper}
+        out.update({"plain, tuned": tuned} if tuned else {})
+        return {k: [{"eval_accuracy": a} for a in v] for k, v in out.items()}
 
-    assert "helps: +0.200" in main_job.verdict("x", res((0.5, 0.51, 0.49), (0.7, 0.71, 0.69)))
-    assert "hurts: -0.200" in main_job.verdict("x", res((0.7, 0.71, 0.69), (0.5, 0.51, 0.49)))
+    line = main_job.verdict("x", res((0.5, 0.51, 0.49), (0.7, 0.71, 0.69)))
+    assert "vs plain at the same learning rate: better (+0.200 accuracy, Welch p 1.6e-05, df 4.0)" in line
+    assert "worse (-0.200" in main_job.verdict("x", res((0.7, 0.71, 0.69), (0.5, 0.51, 0.49)))
     assert "no difference beyond noise" in main_job.verdict("x", res((0.5, 0.9, 0.1), (0.55, 0.95, 0.15)))
+    line = main_job.verdict("x", res((0.5, 0.51, 0.49), (0.7, 0.71, 0.69), tuned=(0.69, 0.74, 0.64)))
+    assert "vs plain at its best learning rate and warm-up: no difference beyond noise (+0.010" in line
 
 
 # ------------------------------------------------------------------------------------------------ two processes
