@@ -442,28 +442,40 @@ def lrmap_section(tasks: dict, results: list, preset: Preset, rho: float, seeds:
         if name not in tasks:
             continue
         task, hb = tasks[name], tasks[name].higher_is_better
-        rows, sens = [], []
+        # on a common scale (accuracy, or log-perplexity), each value capped at chance / a uniform guess
+        if hb:
+            cap, scale = 1.0 / _n_classes(name), (lambda v: v)
+        else:
+            cap, scale = math.log(preset.tasks[name]["vocab"]), math.log
+        means = {}
         for arm in lrmap_arms(task, rho):
-            means, row = {}, [arm.name]
+            vals = {lr: [v for s, v in cell.get((name, lr, arm.name), {}).items() if s < seeds] for lr in preset.lrmap}
+            means[arm.name] = {lr: _mean(v) for lr, v in vals.items() if v}
+        complete = {a: m for a, m in means.items() if len(m) == len(preset.lrmap)}
+        capped = {a: {lr: (max if hb else min)(scale(v), cap) for lr, v in m.items()} for a, m in complete.items()}
+        best_all = (max if hb else min)(v for m in capped.values() for v in m.values()) if capped else math.nan
+        near = math.log(1.1) if not hb else 0.02
+        rows = []
+        for arm in lrmap_arms(task, rho):
+            row = [arm.name]
             for lr in preset.lrmap:
                 vals = [v for s, v in cell.get((name, lr, arm.name), {}).items() if s < seeds]
-                if vals:
-                    means[lr] = _mean(vals)
                 row.append(_cell_text(vals, hb) if vals else "")
-            if len(means) == len(preset.lrmap):
-                if hb:
-                    s = lr_sensitivity(means, True, 1.0 / _n_classes(name))
-                else:
-                    vocab = preset.tasks[name]["vocab"]
-                    s = lr_sensitivity({k: math.log(v) for k, v in means.items()}, False, math.log(vocab))
-                sens.append(s)
-                row.append(f"{s:.3f}")
+            if arm.name in capped:
+                c = capped[arm.name]
+                good = [lr for lr, v in c.items() if abs(v - best_all) <= near]
+                dist = sum(abs(v - best_all) for v in c.values()) / len(c)
+                row += [f"{lr_sensitivity(c, hb, cap):.3f}", f"{dist:.3f}",
+                        f"{len(good)}" + (f" ({min(good):g}–{max(good):g})" if good else "")]
             else:
-                row.append("")
+                row += ["", "", ""]
             rows.append(row)
-        unit = "nats (log-perplexity)" if not hb else "accuracy"
+        unit = "nats" if not hb else "accuracy"
+        within = "perplexity ≤ 1.1 × the best" if not hb else "accuracy ≥ the best − 0.02"
         lines += [f"#### {name}: {task.metric} vs learning rate (n = {seeds} seeds per cell)", "",
-                  C.table(["arm", *(f"{lr:g}" for lr in preset.lrmap), f"LR sensitivity ({unit})"], rows), ""]
+                  C.table(["arm", *(f"{lr:g}" for lr in preset.lrmap), f"LR sensitivity ({unit})",
+                           f"distance from the best of any arm ({unit})", f"lrs with {within} of any arm"], rows),
+                  ""]
     if png:
         lines += [f"![learning-rate map]({png})", ""]
     return "\n".join(lines)
@@ -589,6 +601,11 @@ def render(preset_name: str, tasks: dict, results: list, commands: list, chosen:
                   f"seeds per cell: the first seeds of the grid's cells). LR sensitivity (Wortsman et al. 2023, "
                   "arXiv 2309.14322): the mean over the grid of how far the arm's value is from its own best, each "
                   "value capped at chance (accuracy) or at a uniform guess (log-perplexity); smaller is more robust. "
+                  "It measures flatness around an arm's *own* optimum, so an arm whose optimum is much better scores "
+                  "worse when the far ends of the grid are equally bad for every arm; the two columns after it (added"
+                  " after the first results showed this) measure against the best cell of *any* arm on the task: the "
+                  "mean distance from it over the grid, and how many learning rates of the grid come within 10 % "
+                  "perplexity / 0.02 accuracy of it — the range that trains well. "
                   "qk-norm: the same model as a Qwen3 config (Llama plus RMSNorm on queries and keys); z-loss: "
                   f"{Z_LOSS:g}·logsumexp(logits)² added to the loss.", "",
                   lrmap_section(tasks, results, preset, rho, preset.map_seeds, rel(map_png)), ""]
