@@ -679,6 +679,8 @@ def main(argv=None) -> list:
         if pool is not None:
             pool.shutdown()
     commands = list(dict.fromkeys(r.get("command", "(earlier run)") for r in raw))
+    if this not in commands:
+        commands.append(this + (" (report only)" if args.report else ""))
     text = render(args.preset, tasks, [r for r in raw if r["task"] in tasks], commands, chosen, rho, figures, args.out)
     C.write_section(args.out, "quality", text)
     print(text)
