@@ -22,7 +22,9 @@ Figures go to ``benchmarks/results/``; the tables into BENCHMARKS.md between ``<
 ``<!-- quality:end -->``.
 
     python benchmarks/quality.py --preset small --jobs 2 --json benchmarks/results/quality_small.json
-    python benchmarks/quality.py --preset tiny          # seconds; the smoke test
+                        # 454 runs, 68 min wall time on a shared 2-core machine (138 min of single-thread run time)
+    python benchmarks/quality.py --preset full --jobs 2  # 4× the steps, 8/5/5/5 seeds: ~7–8× the small preset
+    python benchmarks/quality.py --preset tiny           # about a minute; the smoke test
 
 Runs can be split and merged: ``--tasks``/``--parts`` choose what runs, ``--resume a.json b.json`` keeps the runs
 recorded there (the held-out tasks then use the selection computed from them). The JSON log is rewritten after
