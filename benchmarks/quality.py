@@ -608,7 +608,8 @@ def render(preset_name: str, tasks: dict, results: list, commands: list, chosen:
                   " after the first results showed this) measure against the best cell of *any* arm on the task: the "
                   "mean distance from it over the grid, and how many learning rates of the grid come within 10 % "
                   "perplexity / 0.02 accuracy of it — the range that trains well. "
-                  "qk-norm: the same model as a Qwen3 config (Llama plus RMSNorm on queries and keys); z-loss: "
+                  "qk-norm: the same model as a Qwen3 config (Llama plus RMSNorm on queries and keys; BERT and T5 have "
+                  "no q/k-norm config, so their maps have no qk-norm arm); z-loss: "
                   f"{Z_LOSS:g}·logsumexp(logits)² added to the loss.", "",
                   lrmap_section(tasks, results, preset, rho, preset.map_seeds, rel(map_png)), ""]
     if any("(longer)" in r["arm"] for r in results):
