@@ -23,8 +23,9 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _load_for_inspect(target: str):
-    """A model to list sites of: a transformers model directory (or hub id), or a timm model name."""
+def _load_for_inspect(target: str, device: str = "meta"):
+    """A model to list sites of: a transformers model directory (or hub id), or a timm model name, built on `device`
+    with random weights (on "meta": no memory, enough for blocks in the architecture table)."""
     import torch
 
     import hf_penal  # noqa: F401 - installs the integrations
@@ -39,7 +40,7 @@ def _load_for_inspect(target: str):
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
         saved = saved_settings(config)
-        with torch.device("meta"):
+        with torch.device(device):
             model = cls._from_config(config, penal=False) if cls else transformers.AutoModel.from_config(
                 config, penal=False)
         return model, saved
@@ -50,7 +51,7 @@ def _load_for_inspect(target: str):
     except ImportError:
         timm = None
     if timm is not None and timm.is_model(target):
-        with torch.device("meta"):
+        with torch.device(device):
             return timm.create_model(target, pretrained=False), None
     import transformers  # a hub id (needs the hub)
     from huggingface_hub.errors import HFValidationError
@@ -65,7 +66,7 @@ def _load_for_inspect(target: str):
                              f"not a local directory, {reason}") from None
         raise FileNotFoundError(f"{missing_dir_message(target)}; not a timm model name either, and {reason}") from None
     saved = saved_settings(config)
-    with torch.device("meta"):
+    with torch.device(device):
         return transformers.AutoModel.from_config(config, penal=False), saved
 
 
@@ -91,12 +92,16 @@ def _saved_taus(saved, found) -> dict:
 
 
 def inspect(target: str, out=None) -> int:
-    from .discovery import discover
+    from .discovery import ProbeFailedError, discover
     from .recompute import plan
 
     out = out or sys.stdout
     model, saved = _load_for_inspect(target)
-    found = discover(model)
+    try:
+        found = discover(model)
+    except ProbeFailedError:  # blocks outside the table: the probe runs the model, so build it for real (CPU)
+        model, saved = _load_for_inspect(target, "cpu")
+        found = discover(model)
     if not found:
         print(f"hf-penal inspect: {target}: no residual site found ({type(model).__name__})", file=sys.stderr)
         return 1
