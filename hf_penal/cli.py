@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from .integrations import close_timm_names, looks_like_path, missing_dir_message
@@ -53,6 +54,11 @@ def _load_for_inspect(target: str, device: str = "meta"):
     if timm is not None and timm.is_model(target):
         with torch.device(device):
             return timm.create_model(target, pretrained=False), None
+    if not _hub_id_shaped(target):  # no hub lookup (and no hub error) for what can only be a mistyped name
+        close = close_timm_names(target) if timm is not None else []
+        hint = f" (close matches: {', '.join(close)})" if close else ""
+        raise ValueError(f"unknown model {target!r}: not a timm model name{hint}, not a local directory, and not a "
+                         f"hub id (org/name)")
     import transformers  # a hub id (needs the hub)
     from huggingface_hub.errors import HFValidationError
 
@@ -68,6 +74,15 @@ def _load_for_inspect(target: str, device: str = "meta"):
     saved = saved_settings(config)
     with torch.device(device):
         return transformers.AutoModel.from_config(config, penal=False), saved
+
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+|[a-z0-9.-]+")
+
+
+def _hub_id_shaped(name: str) -> bool:
+    """Whether `name` could be a hub model id: ``org/name``, or one of the bare lower-case legacy ids (``gpt2``,
+    ``bert-base-uncased``, ``t5-small``), which never hold ``_`` or capitals (timm names hold ``_``)."""
+    return len(name) <= 96 and ".." not in name and "--" not in name and _HUB_ID.fullmatch(name) is not None
 
 
 def _saved_taus(saved, found) -> dict:
