@@ -535,11 +535,16 @@ def test_table_sites_that_are_not_exactly_what_is_added_say_so():
 
 
 # ------------------------------------------------------------------------------------------------ coverage sweep smoke
-def test_coverage_sweep_runs_on_three_model_types(tmp_path):
+def _coverage():
     bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
     if bench not in sys.path:
         sys.path.insert(0, bench)
     import coverage
+    return coverage
+
+
+def test_coverage_sweep_runs_on_three_model_types(tmp_path):
+    coverage = _coverage()
     out = tmp_path / "coverage.md"
     recs = [coverage.run_one("transformers", n, timeout=900) for n in ("bert", "gptj", "swin")]  # in this process
     coverage.write_section(out, "transformers", coverage.table("transformers", recs, "(smoke)", "3 named types"))
@@ -548,3 +553,16 @@ def test_coverage_sweep_runs_on_three_model_types(tmp_path):
     assert all(r["rel_err"] < 1e-4 and r["eval_identical"] for r in recs)
     text = out.read_text()
     assert "coverage: 3 / 3 = 100 %" in text and "| gptj | ok | probe |" in text
+
+
+@pytest.mark.parametrize("model_type, cls", [("siglip_text_model", "SiglipTextModel"),
+                                             ("clipseg_vision_model", "CLIPSegVisionModel")])
+def test_sub_model_configs_are_measured_through_their_own_model_class(model_type, cls):
+    """A config no auto class maps (a tower of a multimodal model) is built through the model class of its own config
+    class, not counted as "does not build"; its sites pass the sweep's oracle (gradients, eval outputs)."""
+    coverage = _coverage()
+    config_class = type(T.AutoConfig.for_model(model_type))
+    assert coverage.own_model_class(config_class) is getattr(T, cls)
+    rec = coverage.run_one("transformers", model_type, timeout=900)
+    assert (rec["status"], rec["class"], rec["config"]) == ("ok", cls, "small")
+    assert rec["rel_err"] < 1e-4 and rec["eval_identical"] and rec["covered"] == rec["blocks"] > 0
