@@ -199,6 +199,25 @@ def _shallow(cfg, seen=None) -> None:
             _shallow(sub, seen)
 
 
+def own_model_class(config_class: type):
+    """For a config no auto class maps (a sub-model config: `siglip_text_model`, `clipseg_vision_model`), the model
+    class of its modeling module whose ``config_class`` it is: the one named after it (``SiglipTextConfig`` →
+    ``SiglipTextModel``) first, then other base models, heads (``...For...``) last; None when there is none."""
+    import importlib
+    import inspect
+
+    from transformers import PreTrainedModel
+    try:
+        module = importlib.import_module(config_class.__module__.replace(".configuration_", ".modeling_"))
+    except ImportError:
+        return None
+    own = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, PreTrainedModel)
+           and getattr(c, "config_class", None) is config_class and not c.__name__.endswith("PreTrainedModel")]
+    named = config_class.__name__.removesuffix("Config") + "Model"
+    return min(own, key=lambda c: (c.__name__ != named, "For" in c.__name__, len(c.__name__), c.__name__),
+               default=None)
+
+
 def build_transformers(model_type: str, level: str = "small"):
     import torch
     import transformers as T
@@ -212,11 +231,12 @@ def build_transformers(model_type: str, level: str = "small"):
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
     cls_name = next((m[model_type] for m in maps if model_type in m), None)
-    if cls_name is None:
-        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class")
     if isinstance(cls_name, (list, tuple)):
         cls_name = cls_name[0]
-    cls = getattr(T, cls_name)
+    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg))
+    if cls is None:
+        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, and no model class "
+                          "of its own config class")
     make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
     if level not in ("small", "small-kv"):
         with torch.device("meta"):
@@ -383,7 +403,9 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
 
     # tau chosen so that the penalty moves the gradient by ~30 %: the comparison then sees the penalty's part
     # (layer-scaled branches are ~1e-6 at init, a fixed tau would be invisible there)
-    zspec = [(re.escape(s.name), s.output_index) for s in found]
+    # a site with an `end` takes z at a module shared by several branches (Phi's resid_dropout): every call of that
+    # module is one of the found branches (discovery checks it), so the oracle captures all its calls once
+    zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
     g_plain, _, _ = grads(model, loss)
     g_unit, _, fired = grads(model, loss, zspec, 1.0)
     shift = rel_err(g_unit, g_plain)
@@ -434,6 +456,8 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
             rec.update(builds=False, status="does not build", cause=_cause(e))
             return rec
         rec["builds"] = True
+        if library == "transformers":
+            rec["class"] = type(model).__name__
         from hf_penal.discovery import probe_inputs
         cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))

@@ -155,9 +155,10 @@ class ArmSwitch:
             hf_penal.apply(self.model, tau=TAU, storage_dtype="recompute")
         elif arm == "one-line":
             modules = dict(self.model.named_modules())
-            for site in self.sites:
-                hook = functools.partial(_one_line_hook, tau=TAU, index=site.output_index)
-                self.handles.append(modules[site.name].register_forward_hook(hook))
+            # a module ending several branches (a site's `end`, ViT's one dropout) gets one hook: it sees every call
+            for name, index in dict.fromkeys((s.end or s.name, s.output_index) for s in self.sites):
+                hook = functools.partial(_one_line_hook, tau=TAU, index=index)
+                self.handles.append(modules[name].register_forward_hook(hook))
         dt = time.perf_counter() - t0
         if arm == "penal + ε":
             hf_penal.track_efficiency(self.model)

@@ -5,8 +5,10 @@ branches. A branch is ``(path, output_index, kind, x_path)``:
 
 * ``path``: submodule (relative to the block) whose output is the branch output z, i.e. the tensor added to the
   skip. ``"a|b|c"`` means the first of these that exists and is not None (timm ResNet's `drop_path` / `se` are
-  optional and end the branch when present).
-* ``output_index``: None when the module returns z itself, an int when it returns a tuple with z at that index.
+  optional and end the branch when present). ``"a>e"``: one module `e` ends several branches (ViT's one
+  `dropout`); z is its output at the call that follows `a`'s return, and the site is named after `a`.
+* ``output_index``: None when the module (`e` for ``a>e``) returns z itself, an int when it returns a tuple with z at
+  that index.
 * ``kind``: "attention", "cross_attention", "mlp" or "conv".
 * ``x_path``: where the residual modes (`hf_penal.modes`) find the skip input x, the tensor the block adds to z:
   ``"how@path"`` alternatives separated by ``|`` (the first whose module exists and is not None wins), optionally
@@ -64,10 +66,10 @@ BRANCHES: dict[str, list] = {
     "T5LayerSelfAttention": [("dropout", None, "attention", "input@layer_norm")],
     "T5LayerCrossAttention": [("dropout", None, "cross_attention", "input@layer_norm")],
     "T5LayerFF": [("dropout", None, "mlp", "input@layer_norm")],
-    # --- transformers ViT (5.x): ViTLayer adds both branches itself and one `dropout` module serves both; we take z
-    #     at the branch modules, which equals the added tensor whenever hidden_dropout_prob == 0 (ViT's default).
-    "ViTLayer": [("attention", 0, "attention", "input@layernorm_before"),
-                 ("mlp", None, "mlp", "input@layernorm_after")],
+    # --- transformers ViT (5.x): ViTLayer adds both branches itself and one `dropout` module serves both: z is that
+    #     dropout's output at the call after each branch module (`a>e`, see above)
+    "ViTLayer": [("attention>dropout", None, "attention", "input@layernorm_before"),
+                 ("mlp>dropout", None, "mlp", "input@layernorm_after")],
     # --- timm
     "Block": [("drop_path1", None, "attention", "input@norm1"), ("drop_path2", None, "mlp", "input@norm2")],  # ViT, ...
     "BasicBlock": _RESNET_BASIC,
@@ -84,7 +86,6 @@ BRANCHES: dict[str, list] = {
 NOTES = {
     "GraniteDecoderLayer": "scaled by config.residual_multiplier m after the site: the penalty is on the unscaled "
                            "branch output, i.e. tau/m² on the residual step",
-    "ViTLayer": "one dropout module serves both branches after the site: exact while hidden_dropout_prob == 0",
 }
 
 #: blocks whose residual add writes into z's storage (timm ResNet: `x += shortcut` then ReLU(inplace)); the op keeps

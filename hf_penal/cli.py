@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from .integrations import close_timm_names, looks_like_path, missing_dir_message
@@ -23,8 +24,9 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _load_for_inspect(target: str):
-    """A model to list sites of: a transformers model directory (or hub id), or a timm model name."""
+def _load_for_inspect(target: str, device: str = "meta"):
+    """A model to list sites of: a transformers model directory (or hub id), or a timm model name, built on `device`
+    with random weights (on "meta": no memory, enough for blocks in the architecture table)."""
     import torch
 
     import hf_penal  # noqa: F401 - installs the integrations
@@ -39,7 +41,7 @@ def _load_for_inspect(target: str):
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
         saved = saved_settings(config)
-        with torch.device("meta"):
+        with torch.device(device):
             model = cls._from_config(config, penal=False) if cls else transformers.AutoModel.from_config(
                 config, penal=False)
         return model, saved
@@ -50,8 +52,13 @@ def _load_for_inspect(target: str):
     except ImportError:
         timm = None
     if timm is not None and timm.is_model(target):
-        with torch.device("meta"):
+        with torch.device(device):
             return timm.create_model(target, pretrained=False), None
+    if not _hub_id_shaped(target):  # no hub lookup (and no hub error) for what can only be a mistyped name
+        close = close_timm_names(target) if timm is not None else []
+        hint = f" (close matches: {', '.join(close)})" if close else ""
+        raise ValueError(f"unknown model {target!r}: not a timm model name{hint}, not a local directory, and not a "
+                         f"hub id (org/name)")
     import transformers  # a hub id (needs the hub)
     from huggingface_hub.errors import HFValidationError
 
@@ -65,8 +72,17 @@ def _load_for_inspect(target: str):
                              f"not a local directory, {reason}") from None
         raise FileNotFoundError(f"{missing_dir_message(target)}; not a timm model name either, and {reason}") from None
     saved = saved_settings(config)
-    with torch.device("meta"):
+    with torch.device(device):
         return transformers.AutoModel.from_config(config, penal=False), saved
+
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+|[a-z0-9.-]+")
+
+
+def _hub_id_shaped(name: str) -> bool:
+    """Whether `name` could be a hub model id: ``org/name``, or one of the bare lower-case legacy ids (``gpt2``,
+    ``bert-base-uncased``, ``t5-small``), which never hold ``_`` or capitals (timm names hold ``_``)."""
+    return len(name) <= 96 and ".." not in name and "--" not in name and _HUB_ID.fullmatch(name) is not None
 
 
 def _saved_taus(saved, found) -> dict:
@@ -91,12 +107,16 @@ def _saved_taus(saved, found) -> dict:
 
 
 def inspect(target: str, out=None) -> int:
-    from .discovery import discover
+    from .discovery import ProbeFailedError, discover
     from .recompute import plan
 
     out = out or sys.stdout
     model, saved = _load_for_inspect(target)
-    found = discover(model)
+    try:
+        found = discover(model)
+    except ProbeFailedError:  # blocks outside the table: the probe runs the model, so build it for real (CPU)
+        model, saved = _load_for_inspect(target, "cpu")
+        found = discover(model)
     if not found:
         print(f"hf-penal inspect: {target}: no residual site found ({type(model).__name__})", file=sys.stderr)
         return 1

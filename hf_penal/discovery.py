@@ -39,6 +39,10 @@ class ResidualSite:
     inplace: the model modifies z in place after the module (the op then keeps a copy of z).
     skip: where the residual modes find the skip input x (see `hf_penal.architectures`); None if unknown.
     source: "table", "probe" or "user".
+    end: "" when z is the output of `name`; otherwise the module whose output is z, one module that ends several
+        branches (Phi's one `resid_dropout` after both the attention and the MLP): the site is the call of `end` that
+        follows `name`'s return, and `output_index` refers to `end`'s output. `name` is the branch's own module, so
+        each branch is one site with its own kind.
     note: "" when the penalty is exactly on what the block adds; otherwise how it differs (a probed branch scaled
         after the site, re-laid out with padding, or passing through a module shared with other calls).
     """
@@ -54,6 +58,7 @@ class ResidualSite:
     skip: str | None = None
     source: str = "table"
     note: str = ""
+    end: str = ""
 
 
 class NoResidualSiteError(ValueError):
@@ -72,8 +77,9 @@ def module_at(block: nn.Module, path: str) -> nn.Module | None:
 
 
 def _resolve_path(block: nn.Module, path: str) -> str | None:
-    """The first of the table's ``a|b`` alternatives that exists in `block`."""
-    return next((alt for alt in path.split("|") if alt and module_at(block, alt) is not None), None)
+    """The first of the table's ``a|b`` alternatives that exists in `block` (``a>e``: both `a` and `e` exist)."""
+    return next((alt for alt in path.split("|")
+                 if alt and all(p and module_at(block, p) is not None for p in alt.split(">"))), None)
 
 
 def _width(mod: nn.Module) -> int | None:
@@ -128,9 +134,10 @@ def _table_sites(model: nn.Module) -> list[dict]:
             rel = _resolve_path(block, path)
             if rel is None:
                 continue
+            rel, _, end = rel.partition(">")
             found.append(dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=kind, output_index=index,
                               inplace=cls_name in INPLACE_ADD, skip=skip, source="table",
-                              note=NOTES.get(cls_name, "")))
+                              note=NOTES.get(cls_name, ""), end=f"{bname}.{end}" if bname and end else end))
     return found
 
 
@@ -220,6 +227,8 @@ class _AddWatcher(TorchFunctionMode):
         self.terms: dict[int, tuple] = {}  # id(sum) -> (owner, operands of the chain of adds that made it)
         self.stack: list[tuple] = []  # (module name, start, birth of its first input)
         self.calls: dict[str, int] = {}
+        self.returned = ""  # the module that returned last
+        self.after: dict[str, set] = {}  # module -> the modules that had returned last when it was called
         self.branches: dict[int, tuple] = {}  # id(z) -> (owner, chain, _Value, inplace, numel added)
         self.candidates: set[str] = set()  # branch ends of residual adds outside numbered layers: for sites=[...]
         self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
@@ -306,11 +315,13 @@ class _AddWatcher(TorchFunctionMode):
             first = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
             self.stack.append((name, self.clock, self._born_of(first) if first is not None else -1))
             self.calls[name] = self.calls.get(name, 0) + 1
+            self.after.setdefault(name, set()).add(self.returned)
         return hook
 
     def post_hook(self, name):
         def hook(mod, args, out):
             _, start, in_born = self.stack.pop()
+            self.returned = name
             if torch.is_tensor(out):
                 t, index = out, None
             elif isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
@@ -350,10 +361,14 @@ class _AddWatcher(TorchFunctionMode):
                 break
             for tid in bad:
                 level[tid] -= 1
+        split = self._shared_ends(level)
         found: dict[str, dict] = {}
         for tid, (owner, chain, v, inplace, numel) in self.branches.items():
             k = level[tid]
             name, index, size = chain[k]
+            end = ""
+            if tid in split:  # a module ending several branches: the site is named after the branch's own module
+                end, name = name, chain[k - 1][0]
             notes = []
             if k < len(chain) - 1:
                 notes.append(f"passes through {chain[-1][0]!r} after the site (a module with other uses): exact "
@@ -364,12 +379,28 @@ class _AddWatcher(TorchFunctionMode):
                 notes.append(f"re-laid out after the site ({size} elements, {numel} added): the penalty also covers "
                              f"padding")
             kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
-                               [c[0] for c in reversed(chain[:k])])
+                               [c[0] for c in reversed(chain[:k - 1 if end else k])])
             found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
                                         inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k),
                                         skip=None, source="probe",
-                                        note="; ".join(notes)))
+                                        note="; ".join(notes), end=end))
         return list(found.values())
+
+    def _shared_ends(self, level: dict) -> set:
+        """The branches (tensor ids) whose chosen module also ends another branch of the same block (Phi's one
+        `resid_dropout` after both the attention and the MLP) and can be told apart at run time: each call of that
+        module came right after one of the branches' own modules (the module inside it in each chain) returned, so
+        the branch whose module returned last owns the call (`hf_penal.hooks.SharedEndHook`)."""
+        groups: dict[tuple, list] = {}
+        for tid, (owner, chain, *_) in self.branches.items():
+            groups.setdefault((owner, chain[level[tid]][0]), []).append(tid)
+        split = set()
+        for (_, end), tids in groups.items():
+            inner = [self.branches[t][1][level[t] - 1][0] if level[t] > 0 else None for t in tids]
+            if (len(tids) > 1 and None not in inner and len(set(inner)) == len(inner)
+                    and self.after.get(end, {None}) <= set(inner)):
+                split.update(tids)
+        return split
 
 
 # ------------------------------------------------------------------------------------------------------ example inputs

@@ -2,6 +2,8 @@
 
 * `SiteHook`, on a branch-end module: routes the branch output z through the site's penal connection and, with a
   residual mode, hands it to the mode module (which may rewrite it into z' = y − x).
+* `SharedEndHook` + `ArmHook`, where one module ends several branches (a site's ``end``): the branch module that
+  returned last owns the shared module's next call.
 * `SkipInputCapture` / `ShortcutCapture`, where the architecture table says a block's skip input x lives: hand x to
   the mode module (or rewrite a shortcut computed after the branch into x' = y − z).
 
@@ -30,22 +32,56 @@ class SiteHook:
         self.suffix = suffix
 
     def __call__(self, module, args, output):
-        host = module if self.host is None else self.host
-        conn = host._modules.get(CONNECTION + self.suffix)
-        mode = host._modules.get(MODE + self.suffix)
-        index = self.index
-        if index is None and isinstance(output, (tuple, list)):
-            index = 0
-        z = output if index is None else output[index]
-        if conn is not None and conn.training:
-            z = conn(z)
-        if mode is not None:
-            z = mode.take_branch_output(z)
-        if index is None:
-            return z
-        out = list(output)
-        out[index] = z
-        return type(output)(out) if isinstance(output, tuple) else out
+        return _route(output, self.index, module if self.host is None else self.host, self.suffix)
+
+
+def _route(output, index: int | None, host: nn.Module, suffix: str):
+    """`output` with z (at `index`) routed through the connection and mode that `host` holds under `suffix`."""
+    conn = host._modules.get(CONNECTION + suffix)
+    mode = host._modules.get(MODE + suffix)
+    if index is None and isinstance(output, (tuple, list)):
+        index = 0
+    z = output if index is None else output[index]
+    if conn is not None and conn.training:
+        z = conn(z)
+    if mode is not None:
+        z = mode.take_branch_output(z)
+    if index is None:
+        return z
+    out = list(output)
+    out[index] = z
+    return type(output)(out) if isinstance(output, tuple) else out
+
+
+class SharedEndHook:
+    """Forward hook on a module that ends several branches (Phi applies one `resid_dropout` to the attention and to
+    the MLP output; a site's ``end``): each call belongs to the branch whose own module returned last (its `ArmHook`
+    says which), and z goes through that site's connection and mode. A call that no armed branch precedes is left
+    alone. Discovery only splits a shared module this way when every call of it came right after a branch module."""
+
+    def __init__(self, index: int | None):
+        self.index = index
+        self.armed = None  # (host, suffix) of the branch whose module returned last
+
+    def __call__(self, module, args, output):
+        armed, self.armed = self.armed, None
+        if armed is None:
+            return None
+        return _route(output, self.index, *armed)
+
+    def __getstate__(self):  # a pending arm never travels with a copy
+        return {**self.__dict__, "armed": None}
+
+
+class ArmHook:
+    """Forward hook on a branch's own module whose z is taken at a shared module called after it: marks the next
+    call of that module (`SharedEndHook`) as this branch's. `host`/`suffix` as in `SiteHook`."""
+
+    def __init__(self, end: SharedEndHook, host: nn.Module | None = None, suffix: str = ""):
+        self.end, self.host, self.suffix = end, host, suffix
+
+    def __call__(self, module, args, output):
+        self.end.armed = (module if self.host is None else self.host, self.suffix)
 
 
 class SkipInputCapture:
@@ -75,6 +111,28 @@ class ShortcutCapture:
 
     def __call__(self, module, args, output):
         return self.mode.take_shortcut_output(output)
+
+
+def hook_site(module: nn.Module, index: int | None, host: nn.Module | None = None, suffix: str = "",
+              end: nn.Module | None = None) -> None:
+    """Route a site's z through its connection / mode: a `SiteHook` on its branch-end `module`, or, when z is the
+    output of a module `end` that ends several branches, an `ArmHook` on `module` and one `SharedEndHook` on `end`
+    (shared by the sites that end there)."""
+    if end is None:
+        module.register_forward_hook(SiteHook(index, host, suffix))
+        return
+    shared = next((h for h in end._forward_hooks.values() if isinstance(h, SharedEndHook)), None)
+    if shared is None:
+        shared = SharedEndHook(index)
+        end.register_forward_hook(shared)
+    module.register_forward_hook(ArmHook(shared, host, suffix))
+
+
+def unhook_site(module: nn.Module, end: nn.Module | None = None) -> None:
+    """Remove what `hook_site` registered for a site."""
+    remove_hooks(module, (SiteHook, ArmHook))
+    if end is not None:
+        remove_hooks(end, (SharedEndHook,))
 
 
 _CAPTURES = (SkipInputCapture, ShortcutCapture)

@@ -32,7 +32,7 @@ def find_trainer_state(run_dir: str) -> str:
             best, best_key = path, key
     if best is None:
         raise FileNotFoundError(f"no trainer_state.json in {run_dir!r} or its checkpoint-* folders: train with "
-                                f"hf_penal.PenalTrainer (it writes one at the end) or call trainer.save_state()")
+                                f"hf_penal.PenalTrainer or a PenalCallback (they write one at the end)")
     return best
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from . import persistence, recompute
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
 from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
-from .hooks import CONNECTION, MODE, SiteHook, attach_skip_capture, detach_skip_capture, remove_hooks
+from .hooks import CONNECTION, MODE, attach_skip_capture, detach_skip_capture, hook_site, unhook_site
 from .modes import create_mode, mode_settings
 from .ops import PenalConnection
 from .schedules import depth_factor
@@ -267,7 +267,8 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
                 recompute.attach(modules, site, conn, cfg.mode)
         if modes is not None and site.name in modes:
             host.add_module(MODE + suffix, modes[site.name])
-        mod.register_forward_hook(SiteHook(site.output_index, None if host is mod else host, suffix))
+        hook_site(mod, site.output_index, None if host is mod else host, suffix,
+                  end=modules[site.end] if site.end else None)
     if modes is not None:
         attach_skip_capture(model, {s.name: modes[s.name] for s in chosen if s.name in modes})
 
@@ -278,7 +279,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
         mod = modules.get(site.name)
         if mod is None:
             continue
-        remove_hooks(mod, (SiteHook,))
+        unhook_site(mod, modules.get(site.end) if site.end else None)
         host, suffix = _host(modules, site.name)
         for child in (CONNECTION + suffix, MODE + suffix):
             if child in host._modules:

@@ -197,6 +197,8 @@ class PenalCallback(TrainerCallback):
     and puts the callback ahead of the ``report_to`` callbacks so the penal metrics reach them (a callback passed in
     ``callbacks=[...]`` without `attach` works, and warns about what it cannot do). At train begin it gives the model
     penal connections when it has none. With no settings, a `PenalTrainingArguments` given to the Trainer is used.
+    At train end it writes ``trainer_state.json`` (the log history ``hf-penal plot`` reads) to ``output_dir`` on the
+    main process, even with ``save_strategy="no"``.
     """
 
     def __init__(self, args: TrainingArguments | None = None, **settings):
@@ -374,6 +376,9 @@ class PenalCallback(TrainerCallback):
         self._sync_pending = False
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:  # the log history `hf-penal plot` reads, with any Trainer and save_strategy
+            os.makedirs(args.output_dir, exist_ok=True)
+            state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
         if model is None or self._schedule is None:
             return
         root = surgery.penalized_root(model)
@@ -417,14 +422,3 @@ class PenalTrainer(Trainer):
         if self.model is not None and _is_train_row(logs):
             logs = {**logs, **self.penal_callback.metrics(self.model)}
         super().log(logs, start_time)
-
-    def train(self, *args, **kwargs):
-        """`Trainer.train`, then ``trainer_state.json`` (the log history ``hf-penal plot`` reads) is written to
-        ``output_dir`` on the main process, even with ``save_strategy="no"``."""
-        import os  # noqa: PLC0415 - kept local: this method is a self-contained addition
-
-        output = super().train(*args, **kwargs)
-        if self.is_world_process_zero():
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            self.save_state()
-        return output

@@ -2,6 +2,8 @@
 with --debug); a missing folder is named ("no such directory") by from_pretrained / timm.create_model / inspect; an
 unknown timm name comes with close matches; `sites=` strings are regexes; `hf-penal plot` works on the output folder
 of a run trained with save_strategy="no"."""
+import json
+
 import pytest
 import torch
 from _models import saved
@@ -52,6 +54,32 @@ def test_inspect_of_a_mistyped_timm_name_lists_close_matches(capsys):
     assert rc == 1 and "'resnet5O'" in line and "close matches" in line and "resnet50," in line
 
 
+def test_a_mistyped_timm_name_that_is_no_hub_id_is_one_line_without_a_hub_lookup(capsys, monkeypatch):
+    pytest.importorskip("timm")
+    import transformers
+
+    def no_hub(*a, **k):
+        raise AssertionError("the hub was asked")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    rc, out, err = run_cli(capsys, "inspect", "resnet_18")
+    line = one_line(err)
+    assert rc == 1 and not out and "'resnet_18'" in line and "close matches: resnet18," in line
+    assert "huggingface" not in line.lower() and "connect" not in line and "hub error" not in line
+
+
+@pytest.mark.parametrize("name", ["t5-smal", "some-org/some-model"])
+def test_a_hub_id_shaped_name_is_looked_up_on_the_hub(name, capsys, monkeypatch):
+    import transformers
+    asked = []
+
+    def hub(target, *a, **k):
+        asked.append(target)
+        raise OSError("We couldn't connect to the hub (test)")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", hub)
+    rc, _, err = run_cli(capsys, "inspect", name)
+    assert rc == 1 and asked == [name] and "not loadable from the hub" in one_line(err)
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         cli.main(["inspect", str(tmp_path / "missing"), "--debug"])
@@ -86,6 +114,29 @@ def test_plot_works_on_the_output_of_a_run_without_checkpoints(tmp_path, capsys)
     hf_penal.PenalTrainer(model=BertForSequenceClassification.from_pretrained(d), args=args,
                           train_dataset=data).train()
     assert not list(run.glob("checkpoint-*")) and (run / "trainer_state.json").is_file()
+    capsys.readouterr()  # the training log
+    rc, out, err = run_cli(capsys, "plot", run)
+    assert rc == 0 and out.strip() == str(run / "penal_diagnostics.png"), err
+    assert (run / "penal_diagnostics.png").read_bytes()[:8] == PNG
+
+
+def test_plot_works_on_the_output_of_a_plain_trainer_with_a_penal_callback(tmp_path, capsys):
+    """A plain transformers Trainer with PenalCallback, save_strategy="no": the callback writes trainer_state.json at
+    train end (no save_state() call), with the penal/* rows, and the command draws it."""
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+
+    d, _, _ = saved("bert", tmp_path)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(3, 100, (8,), generator=g).tolist(), "labels": i % 3} for i in range(8)]
+    run = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(run), use_cpu=True, report_to="none", disable_tqdm=True,
+                             save_strategy="no", logging_steps=1, max_steps=2, per_device_train_batch_size=4)
+    trainer = Trainer(model=BertForSequenceClassification.from_pretrained(d), args=args, train_dataset=data)
+    hf_penal.PenalCallback(tau=1e-3, log_efficiency=True).attach(trainer)
+    trainer.train()
+    assert not list(run.glob("checkpoint-*"))
+    rows = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    assert {r["step"] for r in rows if "penal/tau" in r} == {1, 2}
     capsys.readouterr()  # the training log
     rc, out, err = run_cli(capsys, "plot", run)
     assert rc == 0 and out.strip() == str(run / "penal_diagnostics.png"), err

@@ -3,6 +3,7 @@
 branch, windowed-attention blocks that reshape / pad / roll / crop around the branch keep their sites, a probe that
 cannot run the model says so (and what to pass), and probe inputs are built from the model's main input and config.
 Each checks gradients against the explicit-penalty oracle (`tests/_oracle.py`) and bit-identical eval outputs."""
+import copy
 import re
 import sys
 from collections import Counter
@@ -105,13 +106,69 @@ def test_parallel_blocks_get_a_site_per_branch_with_exact_gradients(arch, tmp_pa
     _check_oracle(vanilla, model, zspec, 2 * L, kwargs=_IDS)
 
 
-def test_a_shared_module_ending_both_parallel_branches_is_one_site_called_twice(tmp_path):
-    """Phi applies one `resid_dropout` to both branches: hooking it penalizes each branch once per call."""
+def _per_call_oracle(model, loss, layers, shared, calls):
+    """Explicit penalty on the calls (per layer forward, counted from 0) of each layer's `shared` module: the
+    oracle of a module that ends several branches, independent of how hf_penal tells the calls apart."""
+    captured, handles = [], []
+    for layer in layers:
+        count = [0]
+        handles.append(layer.register_forward_pre_hook(lambda m, a, c=count: c.__setitem__(0, 0)))
+
+        def capture(m, a, out, c=count):
+            if c[0] in calls:
+                captured.append(out)
+            c[0] += 1
+        handles.append(getattr(layer, shared).register_forward_hook(capture))
+    model.train()
+    model.zero_grad(set_to_none=True)
+    try:
+        (loss(model) + TAU / 2 * sum(z.square().sum() for z in captured)).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    g = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return g, len(captured)
+
+
+@pytest.mark.parametrize("select, calls", [("all", {0, 1}), ("attention", {0}), ("mlp", {1})])
+def test_a_shared_module_ending_both_parallel_branches_gives_one_site_per_branch(select, calls, tmp_path):
+    """Phi applies one `resid_dropout` to the attention output and to the MLP output: two sites per layer, named after
+    each branch's own module with its kind, z taken at the shared dropout's call after that module (exact with
+    dropout on: resid_pdrop 0.2), and `sites=` selects the right branch."""
+    cfg = T.PhiConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                      vocab_size=100, resid_pdrop=0.2)
+    vanilla, model = _hf_pair(T.PhiModel, cfg, tmp_path, penal_sites=select)
+    found = hf_penal.sites(model)
+    want = {"all": ("self_attn", "mlp"), "attention": ("self_attn",), "mlp": ("mlp",)}[select]
+    assert [(s.name, s.kind, s.end) for s in found] == [
+        (f"layers.{i}.{b}", "attention" if b == "self_attn" else "mlp", f"layers.{i}.resid_dropout")
+        for i in range(L) for b in want]
+    loss = _loss(kwargs=_IDS)
+    g_oracle, fired = _per_call_oracle(vanilla, loss, vanilla.layers, "resid_dropout", calls)
+    assert fired == len(found)
+    g_plain = grads(vanilla, loss)[0]
+    assert rel_err(g_oracle, g_plain) > 1e-4
+    for m in (model, copy.deepcopy(model)):  # a copy's hooks point at the copy's own connections
+        assert rel_err(grads(m, loss)[0], g_oracle) < 1e-5
+    hf_penal.remove(model)
+    assert not any(layer.resid_dropout._forward_hooks or layer.self_attn._forward_hooks for layer in model.layers)
+    assert rel_err(grads(model, loss)[0], g_plain) < 1e-6
+
+
+def test_inspect_lists_each_branch_of_a_shared_module_on_a_model_outside_the_table(tmp_path, capsys):
+    """The probe runs the model, so `hf-penal inspect` builds a model outside the table on the CPU."""
+    from hf_penal import cli
+
     cfg = T.PhiConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
                       vocab_size=100)
-    vanilla, model = _hf_pair(T.PhiModel, cfg, tmp_path)
-    assert [s.name for s in hf_penal.sites(model)] == [f"layers.{i}.resid_dropout" for i in range(L)]
-    _check_oracle(vanilla, model, [(r"layers\.\d\.resid_dropout", None)], 2 * L, kwargs=_IDS)
+    T.PhiForCausalLM(cfg).save_pretrained(tmp_path)
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines[1:-1]] == [
+        [f"model.layers.{i}.{b}", f"model.layers.{i}", k] for i in range(L)
+        for b, k in (("self_attn", "attention"), ("mlp", "mlp"))]
+    assert lines[-1] == f"{2 * L} residual sites in PhiForCausalLM (attention: {L}, mlp: {L})"
 
 
 # ------------------------------------------------------------------------------------ windowed-attention vision blocks
@@ -478,11 +535,16 @@ def test_table_sites_that_are_not_exactly_what_is_added_say_so():
 
 
 # ------------------------------------------------------------------------------------------------ coverage sweep smoke
-def test_coverage_sweep_runs_on_three_model_types(tmp_path):
+def _coverage():
     bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
     if bench not in sys.path:
         sys.path.insert(0, bench)
     import coverage
+    return coverage
+
+
+def test_coverage_sweep_runs_on_three_model_types(tmp_path):
+    coverage = _coverage()
     out = tmp_path / "coverage.md"
     recs = [coverage.run_one("transformers", n, timeout=900) for n in ("bert", "gptj", "swin")]  # in this process
     coverage.write_section(out, "transformers", coverage.table("transformers", recs, "(smoke)", "3 named types"))
@@ -491,3 +553,16 @@ def test_coverage_sweep_runs_on_three_model_types(tmp_path):
     assert all(r["rel_err"] < 1e-4 and r["eval_identical"] for r in recs)
     text = out.read_text()
     assert "coverage: 3 / 3 = 100 %" in text and "| gptj | ok | probe |" in text
+
+
+@pytest.mark.parametrize("model_type, cls", [("siglip_text_model", "SiglipTextModel"),
+                                             ("clipseg_vision_model", "CLIPSegVisionModel")])
+def test_sub_model_configs_are_measured_through_their_own_model_class(model_type, cls):
+    """A config no auto class maps (a tower of a multimodal model) is built through the model class of its own config
+    class, not counted as "does not build"; its sites pass the sweep's oracle (gradients, eval outputs)."""
+    coverage = _coverage()
+    config_class = type(T.AutoConfig.for_model(model_type))
+    assert coverage.own_model_class(config_class) is getattr(T, cls)
+    rec = coverage.run_one("transformers", model_type, timeout=900)
+    assert (rec["status"], rec["class"], rec["config"]) == ("ok", cls, "small")
+    assert rec["rel_err"] < 1e-4 and rec["eval_identical"] and rec["covered"] == rec["blocks"] > 0

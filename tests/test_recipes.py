@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,35 @@ def test_two_cpu_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
     m1, m2 = metrics_of(tmp_path / "one"), metrics_of(tmp_path / "two")
     assert m2["eval_loss"] == pytest.approx(m1["eval_loss"], rel=1e-4)
+
+
+def test_two_concurrent_two_rank_launches_of_the_shipped_config_each_get_a_free_port(tmp_path):
+    """cpu_2proc.yaml names no fixed port: a second 2-rank launch while the first holds its group gets its own free
+    port (no "already in use", no collision)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(RECIPES / "accelerate" / "cpu_2proc.yaml"), str(ROOT / "tests" / "_port_worker.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    release = tmp_path / "release"
+    procs = []
+    try:
+        for name in ("a", "b"):  # b starts once a's group is up, so a's port is bound while b picks one
+            ready = tmp_path / f"ready_{name}"
+            procs.append(subprocess.Popen([*launch, str(ready), str(release)], cwd=ROOT, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            deadline = time.monotonic() + 120
+            while not ready.exists():
+                assert procs[-1].poll() is None, procs[-1].communicate()
+                assert time.monotonic() < deadline, f"launch {name} did not start its group"
+                time.sleep(0.2)
+    finally:
+        release.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ports = []
+    for out, err in outs:
+        assert "already in use" not in err, err
+        lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
+        assert [line.split()[1] for line in lines] == ["0/2", "1/2"] and all(line.endswith("sum 2") for line in lines)
+        assert len({line.split()[3] for line in lines}) == 1
+        ports.append(lines[0].split()[3])
+    assert ports[0] != ports[1] and "29517" not in ports

@@ -168,22 +168,35 @@ def test_recompute_falls_back_to_stored_z_under_gradient_checkpointing(tmp_path)
     assert rel_err(grads(model, hf_loss(inputs))[0], oracle) < 1e-5 and _counts(model)[1] > 0
 
 
-def test_recompute_falls_back_when_the_add_is_not_x_plus_z(tmp_path):
-    """ViT takes z at the attention/mlp output and applies its shared dropout after: with dropout > 0 the add is
-    x + dropout(z), the graph check sees it, and the stored z is used (same gradient as the stored path)."""
+def test_vit_with_dropout_is_exact_and_recompute_falls_back_when_the_add_is_not_x_plus_z(tmp_path):
+    """ViT's one dropout serves both branches and is each site's end, so with hidden dropout on the penalty is on
+    exactly what is added (the oracle: every call of the dropout) and recompute applies. A hook that changes z after
+    the site (here it doubles the dropout's output) makes the add x + 2z: the graph check sees it and the stored z is
+    used (same gradient as the stored path)."""
     cfg, auto, inputs = build("vit")
     cfg.hidden_dropout_prob = 0.1
     torch.manual_seed(0)
     base = auto.from_config(cfg)
-    out = {}
-    for storage in (None, "recompute"):
-        model = hf_penal.apply(auto.from_config(cfg), tau=1e-2, storage_dtype=storage)
-        model.load_state_dict(base.state_dict())
-        torch.manual_seed(1)
-        out[storage] = grads(model, hf_loss(inputs))[0]
-    n = len(hf_penal.sites(model))
-    assert _counts(model) == (n, 0, n)
-    assert rel_err(out["recompute"], out[None]) < 1e-6
+
+    def loss(m):
+        torch.manual_seed(1)  # the same dropout masks in every run
+        return hf_loss(inputs)(m)
+    oracle = grads(base, loss, [(r"vit\.layers\.\d+\.dropout", None)], 1e-2)[0]
+    assert rel_err(oracle, grads(base, loss)[0]) > 1e-4
+    for doubled in (False, True):
+        out = {}
+        for storage in (None, "recompute"):
+            model = hf_penal.apply(auto.from_config(cfg), tau=1e-2, storage_dtype=storage)
+            model.load_state_dict(base.state_dict())
+            if doubled:
+                for layer in model.vit.layers:
+                    layer.dropout.register_forward_hook(lambda m, a, o: 2 * o)
+            out[storage] = grads(model, loss)[0]
+        n = len(hf_penal.sites(model))
+        assert _counts(model) == ((n, 0, n) if doubled else (n, n, 0))
+        assert rel_err(out["recompute"], out[None]) < 1e-6
+        if not doubled:
+            assert rel_err(out[None], oracle) < 1e-5
 
 
 def test_recompute_plan_names_the_sites_that_store_z(tmp_path):
