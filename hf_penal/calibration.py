@@ -30,12 +30,10 @@ from . import surgery
 
 
 def _auto_pairs(model: nn.Module, caller: str) -> list:
-    pairs = surgery.connections(surgery.penalized_root(model))
-    if not pairs:
-        raise ValueError(f"{caller}: the model has no penal connections; call hf_penal.apply(model) first")
+    pairs = surgery.connections(surgery.require_penalized(model, caller))
     auto = [(s, c) for s, c in pairs if c.auto]
     if not auto:
-        tau = surgery.penal_config(surgery.penalized_root(model)).tau
+        tau = surgery.penal_config(model).tau
         raise ValueError(f"{caller}: the model's tau is fixed ({tau}); apply tau='auto' to calibrate")
     return auto
 
@@ -89,7 +87,7 @@ def sync_calibration(model: nn.Module) -> bool:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
-    pairs = [(s, c) for s, c in surgery.connections(surgery.penalized_root(model)) if c.auto and c.calibrated]
+    pairs = [(s, c) for s, c in surgery.connections(model) if c.auto and c.calibrated]
     if not pairs:
         return False
     norms = torch.stack([c.norms for _, c in pairs]).double()
@@ -103,7 +101,7 @@ def sync_calibration(model: nn.Module) -> bool:
 
 def calibrated_taus(model: nn.Module) -> dict[str, float]:
     """``{site name: τ_l}`` of the calibrated ``tau="auto"`` sites (empty before calibration)."""
-    cfg = surgery.penal_config(surgery.penalized_root(model))  # reads the connections' calibrated τ_l
+    cfg = surgery.penal_config(model)  # reads the connections' calibrated τ_l
     return dict(cfg.tau_calibrated or {}) if cfg is not None and cfg.auto else {}
 
 
@@ -111,7 +109,7 @@ def restore_calibration(model: nn.Module, taus: dict[str, float]) -> int:
     """Set the calibrated τ_l of the ``tau="auto"`` sites named in `taus` (``{site name: τ_l}``, as
     `calibrated_taus` gives them); returns how many were set."""
     n = 0
-    for site, conn in surgery.connections(surgery.penalized_root(model)):
+    for site, conn in surgery.connections(model):
         if conn.auto and site.name in taus:
             conn.set_calibrated(float(taus[site.name]))
             n += 1

@@ -65,20 +65,51 @@ def _state(model: nn.Module) -> _PenalState | None:
     return model.__dict__.get(_STATE)
 
 
+# ------------------------------------------------------------------------------------------------ the public boundary
+# The one unwrap rule: every public function takes the model as the user holds it (plain, DDP, FSDP, PEFT,
+# torch.compile'd) and acts on the penalized model inside, found here.
+
+def _inner_model(model: nn.Module) -> nn.Module | None:
+    """The model a known wrapper holds (DDP / DataParallel / FSDP1 `.module`, torch.compile's `_orig_mod`, a PEFT
+    model's `base_model` and its tuner's `model`); None when `model` is not such a wrapper."""
+    kind = type(model)
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or \
+            kind.__name__ == "FullyShardedDataParallel":
+        return model._modules.get("module")
+    if kind.__name__ == "OptimizedModule":  # torch.compile(model)
+        return model._modules.get("_orig_mod")
+    if kind.__module__.split(".")[0] == "peft":
+        return model._modules.get("base_model") or model._modules.get("model")
+    return None
+
+
 def penalized_root(model: nn.Module) -> nn.Module:
-    """The module that carries the penal state: `model` itself, or the penalized model inside a wrapper (DDP,
-    a PEFT model, ...); `model` when none is."""
+    """The model hf_penal acts on: `model` itself or the module inside it that carries penal connections (inside a
+    DDP / FSDP / PEFT / compiled wrapper, or any container); for a model without them, the model inside the known
+    wrappers (what `apply` would penalize)."""
     if _state(model) is not None:
         return model
     for m in model.modules():
         if m is not model and _state(m) is not None:
             return m
-    return model
+    inner = _inner_model(model)
+    return model if inner is None else penalized_root(inner)
+
+
+def require_penalized(model: nn.Module, caller: str, hint: str = "") -> nn.Module:
+    """`penalized_root(model)`; raises ValueError naming `caller` when neither `model` nor any module inside it has
+    penal connections (a public function that needs them never silently does nothing)."""
+    root = penalized_root(model)
+    if _state(root) is None:
+        raise ValueError(f"{caller}: {type(model).__name__} has no penal connections (nor has any module inside it); "
+                         f"give it some first: hf_penal.apply(model) or from_pretrained(..., penal=True).{hint}")
+    return root
 
 
 def penal_config(model: nn.Module) -> PenalConfig | None:
     """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
-    ``tau_calibrated``), or None."""
+    ``tau_calibrated``), or None when it has no penal connections. `model` may be wrapped (DDP, PEFT, compiled)."""
+    model = penalized_root(model)
     st = _state(model)
     if st is None:
         return None
@@ -92,14 +123,17 @@ def penal_config(model: nn.Module) -> PenalConfig | None:
 def record_settings(model: nn.Module) -> None:
     """Write the current settings (calibrated τ_l included) where checkpoints keep them: ``config.penal``
     (transformers) or ``pretrained_cfg["penal"]`` (timm). `save_pretrained` calls this."""
+    model = penalized_root(model)
     cfg = penal_config(model)
-    if cfg is not None and not model.__dict__[_STATE].probe_only:
+    if cfg is not None and not _state(model).probe_only:
         persistence.record(model, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------------ sites
 def sites(model: nn.Module, example_inputs: Any = None) -> list[ResidualSite]:
-    """Residual sites of `model`: the active ones of a penalized model, otherwise all discoverable ones."""
+    """Residual sites of `model`: the active ones of a penalized model, otherwise all discoverable ones (of the model
+    inside a DDP / FSDP / PEFT / compiled wrapper)."""
+    model = penalized_root(model)
     st = _state(model)
     if st is not None:
         return list(st.sites)
@@ -297,20 +331,24 @@ def attach_probes(model: nn.Module, sites="all") -> nn.Module:
 
 
 def remove(model: nn.Module) -> nn.Module:
-    """Undo `apply` exactly: the module tree, hooks, buffers and `config.penal` are as before."""
-    st = _state(model)
+    """Undo `apply` exactly: the module tree, hooks, buffers and `config.penal` are as before. `model` may be wrapped
+    (DDP, PEFT, compiled): the penalized model inside is restored, and `model` returned. A model without penal
+    connections is returned as it is (removing twice = once)."""
+    root = penalized_root(model)
+    st = _state(root)
     if st is None:
         return model
-    _detach(model, st.sites)
-    del model.__dict__[_STATE]
-    persistence.forget(model)
+    _detach(root, st.sites)
+    del root.__dict__[_STATE]
+    persistence.forget(root)
     return model
 
 
 # ------------------------------------------------------------------------------------------------------------ tau
 def connections(model: nn.Module) -> list[tuple[ResidualSite, PenalConnection]]:
-    """(site, connection) pairs of a penalized model, in site order (built once by `apply`)."""
-    st = _state(model)
+    """(site, connection) pairs of a penalized model (possibly wrapped), in site order (built once by `apply`); empty
+    for a model without penal connections."""
+    st = _state(penalized_root(model))
     return list(st.pairs) if st is not None else []
 
 
@@ -332,7 +370,7 @@ def set_tau_factor(model: nn.Module, factor: float, depth_profile: str = "unifor
     untouched; ``set_tau_factor(model, 1.0)`` restores them."""
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
         raise ValueError(f"set_tau_factor: factor must be a finite number >= 0; got {factor!r}")
-    pairs = connections(penalized_root(model))
+    pairs = connections(require_penalized(model, "set_tau_factor"))
     with torch.no_grad():
         for site, conn in pairs:
             conn.factor.fill_(factor * depth_factor(site.depth, site.n_layers, depth_profile))
@@ -342,10 +380,10 @@ def set_tau(model: nn.Module, tau: float | str) -> None:
     """Set τ on every penal connection of `model` (and in its recorded config): an absolute τ, or ``"auto"`` (the
     sites calibrate again on the next training backward)."""
     tau = check_tau(tau, "set_tau: tau")
+    model = require_penalized(model, "set_tau")
     st = _state(model)
-    if st is None:
-        raise ValueError("set_tau: the model has no penal connections; call hf_penal.apply(model, tau=...) first")
-    if tau == "auto" or st.config.auto:  # the connections change kind: rebuild them
+    if tau == "auto" or st.config.auto or not st.pairs:  # the connections change kind (or do not exist yet: a
+        # residual mode applied with tau=0 has none): rebuild them
         apply(model, st.config.replace(tau=tau, tau_calibrated=None))
         return
     with torch.no_grad():
@@ -361,10 +399,10 @@ def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: in
     The incoming gradient is scaled by `scale` (and DDP averages over `world_size` ranks), so the added τ·z is
     multiplied by ``scale * world_size`` to keep the penalty equal to the fp32, single-process one. PenalTrainer /
     PenalCallback do this for you; call it yourself in a hand-written loop with a GradScaler
-    (``hf_penal.set_loss_scale(model, scaler.get_scale())`` before each forward).
+    (``hf_penal.set_loss_scale(model, scaler.get_scale())`` before each forward). `model` may be the DDP-wrapped one.
     """
     with torch.no_grad():
-        for _, conn in connections(model):
+        for _, conn in connections(require_penalized(model, "set_loss_scale")):
             if torch.is_tensor(scale):
                 conn.gain.copy_(scale.detach().reshape(()) * world_size)
             else:

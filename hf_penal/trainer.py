@@ -233,7 +233,7 @@ class PenalCallback(TrainerCallback):
         with ``penal_log_efficiency``, adds τ = 0 probes that measure without penalizing.
         """
         if self._prepared is not None and self._prepared() is model:
-            return surgery.penal_config(surgery.penalized_root(model))
+            return surgery.penal_config(model)
         s = self.settings
         root = surgery.penalized_root(model)
         active = surgery.penal_config(root)
@@ -277,7 +277,7 @@ class PenalCallback(TrainerCallback):
         return cfg
 
     def _pairs(self, model: nn.Module) -> list:
-        return surgery.connections(surgery.penalized_root(model))
+        return surgery.connections(model)
 
     def tau_now(self, model: nn.Module) -> dict[str, float]:
         """τ of the step just finished: ``penal/tau`` (the configured τ × schedule; with ``tau="auto"`` the mean over
