@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .surgery import connections, require_penalized
+from . import surgery
 
 PREFIX = "penal/"
 
@@ -28,15 +28,7 @@ def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
 
     The statistics are reset either way. Raises ValueError when the model has no penal connection.
     """
-    pairs = connections(require_penalized(
-        model, "track_efficiency", hint=" hf_penal.apply(model, tau=0.0) measures without penalizing."))
-    if not pairs:
-        raise ValueError("track_efficiency: the model's residual mode has no penal connections (tau=0); apply "
-                         "tau=0.0 with mode='identity', or a tau > 0, to measure")
-    for _, conn in pairs:
-        conn.measure_efficiency = enabled
-        conn.stats.zero_()
-    return len(pairs)
+    return surgery.track_efficiency(model, enabled)
 
 
 def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") -> dict[str, dict[str, float]]:
@@ -50,10 +42,7 @@ def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") 
         raise ValueError(f"markov_efficiency: per must be 'layer' or 'site'; got {per!r}")
     groups: dict[str, list] = {}
     depth: dict[str, int] = {}
-    for site, conn in connections(require_penalized(model, "markov_efficiency")):
-        stats = conn.read_stats(reset=reset)
-        if stats is None:
-            continue
+    for site, stats in surgery.efficiency_stats(model, "markov_efficiency", reset=reset):
         key = site.layer if per == "layer" else site.name
         groups.setdefault(key, []).append(stats)
         depth[key] = site.depth
@@ -65,7 +54,7 @@ def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") 
 def efficiency_metrics(model: nn.Module, reset: bool = True, n_layers: int | None = None) -> dict[str, float]:
     """Flat log entries: ``penal/efficiency/layer_03``, ``penal/z_norm/layer_03`` per layer (zero-padded index in
     model order) and the chain mean ``penal/efficiency``. Empty when nothing was measured."""
-    pairs = connections(model)
+    pairs = surgery.connections(model)
     per_layer = markov_efficiency(model, reset=reset) if pairs else {}
     if not per_layer:
         return {}

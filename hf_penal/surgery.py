@@ -109,15 +109,13 @@ def require_penalized(model: nn.Module, caller: str, hint: str = "") -> nn.Modul
 def penal_config(model: nn.Module) -> PenalConfig | None:
     """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
     ``tau_calibrated``), or None when it has no penal connections. `model` may be wrapped (DDP, PEFT, compiled)."""
-    model = penalized_root(model)
-    st = _state(model)
+    st = _state(penalized_root(model))
     if st is None:
         return None
-    if st.config.auto:
-        cal = {site.name: conn.tau.item() for site, conn in connections(model) if conn.calibrated}
-        if cal != (st.config.tau_calibrated or {}):
-            st.config = st.config.replace(tau_calibrated=cal or None)
-    return st.config
+    if not st.config.auto:
+        return st.config
+    cal = calibrated_taus(connections(model))
+    return st.config if cal == (st.config.tau_calibrated or {}) else st.config.replace(tau_calibrated=cal or None)
 
 
 def record_settings(model: nn.Module) -> None:
@@ -371,9 +369,8 @@ def set_tau_factor(model: nn.Module, factor: float, depth_profile: str = "unifor
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
         raise ValueError(f"set_tau_factor: factor must be a finite number >= 0; got {factor!r}")
     pairs = connections(require_penalized(model, "set_tau_factor"))
-    with torch.no_grad():
-        for site, conn in pairs:
-            conn.factor.fill_(factor * depth_factor(site.depth, site.n_layers, depth_profile))
+    for site, conn in pairs:
+        conn.set_factor(factor * depth_factor(site.depth, site.n_layers, depth_profile))
 
 
 def set_tau(model: nn.Module, tau: float | str) -> None:
@@ -386,9 +383,8 @@ def set_tau(model: nn.Module, tau: float | str) -> None:
         # residual mode applied with tau=0 has none): rebuild them
         apply(model, st.config.replace(tau=tau, tau_calibrated=None))
         return
-    with torch.no_grad():
-        for _, conn in connections(model):
-            conn.tau.fill_(tau)
+    for _, conn in connections(model):
+        conn.set_tau(tau)
     st.config = st.config.replace(tau=tau)
     persistence.record(model, st.config)
 
@@ -401,12 +397,77 @@ def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: in
     PenalCallback do this for you; call it yourself in a hand-written loop with a GradScaler
     (``hf_penal.set_loss_scale(model, scaler.get_scale())`` before each forward). `model` may be the DDP-wrapped one.
     """
-    with torch.no_grad():
-        for _, conn in connections(require_penalized(model, "set_loss_scale")):
-            if torch.is_tensor(scale):
-                conn.gain.copy_(scale.detach().reshape(()) * world_size)
-            else:
-                conn.gain.fill_(float(scale) * world_size)
+    gain = scale.detach().reshape(()) * world_size if torch.is_tensor(scale) else float(scale) * world_size
+    for _, conn in connections(require_penalized(model, "set_loss_scale")):
+        conn.set_gain(gain)
+
+
+# ------------------------------------------------------------------------------------ calibration and ε (the door)
+def auto_connections(model: nn.Module, caller: str) -> list[tuple[ResidualSite, PenalConnection]]:
+    """The (site, connection) pairs whose τ is calibrated (``tau="auto"``); ValueError naming `caller` when the model
+    has no penal connections or a fixed τ."""
+    root = require_penalized(model, caller)
+    auto = [(s, c) for s, c in connections(root) if c.auto]
+    if not auto:
+        raise ValueError(f"{caller}: the model's tau is fixed ({_state(root).config.tau}); apply tau='auto' to "
+                         f"calibrate")
+    return auto
+
+
+def start_calibration(model: nn.Module, caller: str = "calibrate") -> None:
+    """Every ``tau="auto"`` site measures τ_l again on the next training backward (which adds no penalty there)."""
+    for _, conn in auto_connections(model, caller):
+        conn.recalibrate()
+
+
+def measured_norms(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{site name: (‖g‖², ‖z‖²)}`` measured by the calibrated ``tau="auto"`` sites (copies)."""
+    return {s.name: c.measured_norms for s, c in connections(model) if c.auto and c.calibrated}
+
+
+def finish_calibration(model: nn.Module, norms: dict[str, torch.Tensor]) -> None:
+    """Set τ_l of the sites named in `norms` from their ``(‖g‖², ‖z‖²)`` (e.g. summed over ranks)."""
+    for site, conn in connections(model):
+        if conn.auto and site.name in norms:
+            g2, z2 = norms[site.name]
+            conn.finish_calibration(g2, z2)
+
+
+def restore_calibration(model: nn.Module, taus: dict[str, float]) -> int:
+    """Set the calibrated τ_l of the ``tau="auto"`` sites named in `taus` (``{site name: τ_l}``); returns how many."""
+    n = 0
+    for site, conn in connections(model):
+        if conn.auto and site.name in taus:
+            conn.set_calibrated(float(taus[site.name]))
+            n += 1
+    return n
+
+
+def calibrated_taus(pairs: list[tuple[ResidualSite, PenalConnection]]) -> dict[str, float]:
+    """``{site name: τ_l}`` of the calibrated ``tau="auto"`` connections among `pairs`."""
+    return {site.name: conn.tau.item() for site, conn in pairs if conn.auto and conn.calibrated}
+
+
+def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the ε / ‖z‖ measurement of every connection on or off (statistics reset); returns how many."""
+    pairs = connections(require_penalized(
+        model, "track_efficiency", hint=" hf_penal.apply(model, tau=0.0) measures without penalizing."))
+    if not pairs:
+        raise ValueError("track_efficiency: the model's residual mode has no penal connections (tau=0); apply "
+                         "tau=0.0 with mode='identity', or a tau > 0, to measure")
+    for _, conn in pairs:
+        conn.track_efficiency(enabled)
+    return len(pairs)
+
+
+def efficiency_stats(model: nn.Module, caller: str, reset: bool = True) -> list[tuple[ResidualSite, tuple]]:
+    """(site, (mean ε, mean ‖z‖)) of the sites that measured since the last reset; `reset` restarts them."""
+    out = []
+    for site, conn in connections(require_penalized(model, caller)):
+        stats = conn.read_stats(reset=reset)
+        if stats is not None:
+            out.append((site, stats))
+    return out
 
 
 def _warn_mode_changes_checkpoint(model: nn.Module, cfg: PenalConfig) -> None:

@@ -38,7 +38,7 @@ from transformers.trainer_callback import DefaultFlowCallback
 from transformers.utils import logging
 
 from . import persistence, surgery
-from .calibration import calibrated_taus, restore_calibration, sync_calibration
+from .calibration import calibrated_taus, sync_calibration
 from .config import PenalConfig, check_tau, resolve_config
 from .diagnostics import efficiency_metrics, track_efficiency
 from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
@@ -370,7 +370,7 @@ class PenalCallback(TrainerCallback):
             logger.warning(f"hf_penal: resuming without {path}: tau='auto' calibrates again on this run's first step")
             return
         with open(path) as f:
-            restore_calibration(model, json.load(f))
+            surgery.restore_calibration(model, json.load(f))
         self._sync_pending = False
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
