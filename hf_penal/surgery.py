@@ -24,11 +24,11 @@ from torch import nn
 
 from . import persistence, recompute
 from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
+from .depth import depth_factor
 from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
 from .hooks import CONNECTION, MODE, SiteHook, attach_skip_capture, detach_skip_capture, remove_hooks
 from .modes import create_mode, mode_settings
 from .ops import PenalConnection
-from .schedules import depth_factor
 
 _STATE = "_hf_penal"
 
@@ -59,6 +59,7 @@ class _PenalState:
         self.pairs = pairs  # (site, PenalConnection) of the sites that have a connection
         self.warned = False  # the "mode changes a pretrained model" warning was given
         self.probe_only = False  # τ = 0 measuring probes: nothing recorded in the model's config
+        self.depth: dict[str, list[float]] = {}  # depth profile -> its factor at each connection (computed once)
 
 
 def _state(model: nn.Module) -> _PenalState | None:
@@ -368,9 +369,21 @@ def set_tau_factor(model: nn.Module, factor: float, depth_profile: str = "unifor
     untouched; ``set_tau_factor(model, 1.0)`` restores them."""
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
         raise ValueError(f"set_tau_factor: factor must be a finite number >= 0; got {factor!r}")
-    pairs = connections(require_penalized(model, "set_tau_factor"))
-    for site, conn in pairs:
-        conn.set_factor(factor * depth_factor(site.depth, site.n_layers, depth_profile))
+    root = require_penalized(model, "set_tau_factor")
+    for (_, conn), d in zip(connections(root), depth_factors(root, depth_profile)):
+        conn.set_factor(factor * d)
+
+
+def depth_factors(model: nn.Module, depth_profile: str = "uniform") -> list[float]:
+    """The depth profile's factor at each penal connection, in `connections` order (computed once per profile;
+    empty for a model without connections). ValueError for an unknown profile."""
+    st = _state(penalized_root(model))
+    if st is None:
+        depth_factor(0, 1, depth_profile)  # validates the name
+        return []
+    if depth_profile not in st.depth:
+        st.depth[depth_profile] = [depth_factor(s.depth, s.n_layers, depth_profile) for s, _ in st.pairs]
+    return list(st.depth[depth_profile])
 
 
 def set_tau(model: nn.Module, tau: float | str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import weakref
 from typing import Any
@@ -41,7 +40,7 @@ from . import persistence, surgery
 from .calibration import calibrated_taus, sync_calibration
 from .config import PenalConfig, check_tau, resolve_config
 from .diagnostics import efficiency_metrics, track_efficiency
-from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
+from .schedules import DEPTH_PROFILES, SCHEDULES, ScheduleFieldError, TauSchedule, parse_milestones
 
 logger = logging.get_logger(__name__)
 
@@ -140,26 +139,14 @@ def _validate(s: Any) -> None:
         except ValueError:
             bad("penal_storage_dtype", "None, 'float32', 'float16', 'bfloat16', 'float8_e4m3fn', 'float8_e5m2' or "
                 "'recompute'")
-    if s.penal_schedule not in SCHEDULES:
-        bad("penal_schedule", f"one of {list(SCHEDULES)}")
-    if not (_is_number(s.penal_warmup_ratio) and 0.0 <= s.penal_warmup_ratio <= 1.0):
-        bad("penal_warmup_ratio", "a number in [0, 1]")
-    if not (isinstance(s.penal_warmup_steps, int) and not isinstance(s.penal_warmup_steps, bool)
-            and s.penal_warmup_steps >= 0):
-        bad("penal_warmup_steps", "an integer >= 0")
-    if not (_is_number(s.penal_final_tau) and math.isfinite(s.penal_final_tau) and s.penal_final_tau >= 0):
-        bad("penal_final_tau", "a finite number >= 0")
-    try:
-        steps = parse_milestones(s.penal_milestones)
-    except (ValueError, TypeError):
-        bad("penal_milestones", "comma-separated optimizer steps ('100,200') or a list of ints >= 0")
-    s.penal_milestones = ",".join(map(str, steps)) if steps else None  # one JSON-friendly, parser-friendly form
-    if s.penal_schedule == "step" and not steps:
-        bad("penal_milestones", "non-empty when penal_schedule='step' (e.g. '100,200')")
-    if not (_is_number(s.penal_gamma) and math.isfinite(s.penal_gamma) and s.penal_gamma >= 0):
-        bad("penal_gamma", "a finite number >= 0")
-    if s.penal_depth_profile not in DEPTH_PROFILES:
-        bad("penal_depth_profile", f"one of {list(DEPTH_PROFILES)}")
+    try:  # the schedule validates its own fields; here they only get their argument names
+        schedule = TauSchedule(name=s.penal_schedule, final_tau=s.penal_final_tau, warmup_steps=s.penal_warmup_steps,
+                               warmup_ratio=s.penal_warmup_ratio, milestones=s.penal_milestones, gamma=s.penal_gamma,
+                               depth_profile=s.penal_depth_profile)
+    except ScheduleFieldError as e:
+        bad("penal_schedule" if e.field == "name" else f"penal_{e.field}", e.allowed)
+    # one JSON-friendly, parser-friendly form
+    s.penal_milestones = ",".join(map(str, schedule.milestones)) if schedule.milestones else None
     if not isinstance(s.penal_log_efficiency, bool):
         bad("penal_log_efficiency", "True or False")
 
@@ -271,7 +258,7 @@ class PenalCallback(TrainerCallback):
                                      milestones=parse_milestones(s.penal_milestones), gamma=s.penal_gamma,
                                      depth_profile=s.penal_depth_profile)
         pairs = surgery.connections(root)
-        self._depth = [self._schedule.factor(site.depth, site.n_layers) for site, _ in pairs]
+        self._depth = surgery.depth_factors(root, self._schedule.depth_profile)
         self._sync_pending = self._peak == "auto" and any(not c.calibrated for _, c in pairs)
         self._prepared = weakref.ref(model)
         return cfg
