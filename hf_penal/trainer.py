@@ -38,7 +38,7 @@ from transformers.utils import logging
 
 from . import persistence, surgery
 from .calibration import calibrated_taus, sync_calibration
-from .config import PenalConfig, check_tau, resolve_config
+from .config import SITE_KEYWORDS, STORAGE_NAMES, PenalConfig, check_tau, resolve_config
 from .diagnostics import efficiency_metrics, track_efficiency
 from .schedules import DEPTH_PROFILES, SCHEDULES, ScheduleFieldError, TauSchedule, parse_milestones
 
@@ -65,10 +65,10 @@ class _PenalSettings:
         "rho of penal_tau='auto' (> 0). None: the model's own setting, else the default for a model built from a "
         "config or loaded with weights (see README).")})
     penal_sites: str | None = dataclasses.field(default=None, metadata={"help": (
-        "Residual sites: all | attention | self_attention | cross_attention | mlp | conv, or a regex over site "
-        "names. None: the model's own setting, else 'all'.")})
+        f"Residual sites: {' | '.join(SITE_KEYWORDS)}, or a regex over site names. None: the model's own setting, "
+        "else 'all'.")})
     penal_storage_dtype: str | None = dataclasses.field(default=None, metadata={"help": (
-        "dtype z is saved in for backward: float32 | float16 | bfloat16 | float8_e4m3fn | float8_e5m2 | recompute. "
+        f"dtype z is saved in for backward: {' | '.join(STORAGE_NAMES)}. "
         "None: the model's own setting, else the activation's dtype.")})
     penal_schedule: str = dataclasses.field(default="constant", metadata={"help": (
         f"tau schedule over optimizer steps: {' | '.join(SCHEDULES)}."), "choices": list(SCHEDULES)})
@@ -137,8 +137,7 @@ def _validate(s: Any) -> None:
         try:
             s.penal_storage_dtype = PenalConfig(storage_dtype=s.penal_storage_dtype).storage_dtype
         except ValueError:
-            bad("penal_storage_dtype", "None, 'float32', 'float16', 'bfloat16', 'float8_e4m3fn', 'float8_e5m2' or "
-                "'recompute'")
+            bad("penal_storage_dtype", f"None or one of {list(STORAGE_NAMES)}")
     try:  # the schedule validates its own fields; here they only get their argument names
         schedule = TauSchedule(name=s.penal_schedule, final_tau=s.penal_final_tau, warmup_steps=s.penal_warmup_steps,
                                warmup_ratio=s.penal_warmup_ratio, milestones=s.penal_milestones, gamma=s.penal_gamma,
