@@ -225,3 +225,19 @@ def resolve_config(config: PenalConfig | dict | bool | None = None, **fields) ->
         base.pop("tau_calibrated", None)  # a new strength: the old calibration no longer applies
     base.update({k: v for k, v in fields.items()})
     return PenalConfig.from_dict(base)
+
+
+def effective_config(given: PenalConfig | dict | bool | None = None, fields: dict | None = None, *,
+                     saved: PenalConfig | dict | None = None, pretrained: bool = False) -> PenalConfig:
+    """The settings a model gets, decided in this one place (the integrations, `apply` and so the trainer call it).
+
+    saved: the settings the model already carries (a checkpoint's ``config.penal``, or the active config), used
+    when the caller passes no config of its own (`given` None or True); given: the caller's PenalConfig / dict;
+    fields: the caller's field keywords, which override either (a new τ or ρ drops the old calibration);
+    pretrained: whether the model was loaded with weights, which picks ρ of a ``tau="auto"`` left without one
+    (`DEFAULT_TAU_RATIO`). Raises ValueError / TypeError naming the field on bad input."""
+    base = saved if saved is not None and (given is None or given is True) else given
+    cfg = resolve_config(base, **(fields or {}))
+    if cfg.auto and cfg.tau_ratio is None:
+        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if pretrained else "scratch"])
+    return cfg

@@ -13,6 +13,7 @@ The connection's buffers are non-persistent: `state_dict()` and checkpoints are 
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from . import persistence, recompute
-from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
+from .config import SITE_KEYWORDS, PenalConfig, check_tau, effective_config, resolve_config
 from .depth import depth_factor
 from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
 from .hooks import CONNECTION, MODE, SiteHook, attach_skip_capture, detach_skip_capture, remove_hooks
@@ -177,21 +178,25 @@ def _no_site_message(model: nn.Module, example_inputs: Any = None) -> str:
 
 # ------------------------------------------------------------------------------------------------------------ apply
 def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, example_inputs: Any = None,
-          **fields) -> nn.Module:
+          pretrained: bool | None = None, **fields) -> nn.Module:
     """Give `model` penal connections (and/or a residual mode) in place, and return it.
 
     config: a PenalConfig, a dict of its fields, True or None (defaults); keyword `fields` (tau=..., sites=...,
     mode=...) override it. On a model that already has them, the settings are replaced (never stacked); with no
     config, keywords update the current settings. Raises ValueError (naming the field) on bad input and
     `NoResidualSiteError` when no residual site is found; in both cases the model is left untouched.
+    pretrained: whether `model` was loaded with weights (the default ρ of ``tau="auto"``, and whether a residual mode
+    warns that it changes a checkpoint's function); None: as the integrations recorded when they built the model
+    (`persistence.loaded_with_weights`).
     """
     st = _state(model)
-    if config is None and st is not None:
-        config = penal_config(model)  # with the calibration so far
-    cfg = resolve_config(config, **fields)
-    if cfg.auto and cfg.tau_ratio is None:
-        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if persistence.loaded_with_weights(model)
-                                                      else "scratch"])
+    if pretrained is None:
+        pretrained = persistence.loaded_with_weights(model)
+    if isinstance(config, PenalConfig) and not fields and not (config.auto and config.tau_ratio is None):
+        cfg = copy.deepcopy(config)  # already resolved (by an integration or set_tau); ours, not the caller's
+    else:  # with no config, keywords update the current settings (calibration so far included)
+        saved = penal_config(model) if config is None and st is not None else None
+        cfg = effective_config(config, fields, saved=saved, pretrained=pretrained)
     prior = persistence.saved_settings(model)  # as loaded with the checkpoint
     old_sites = st.sites if st is not None else None
     old_modes = _current_modes(model, old_sites)
@@ -218,7 +223,7 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
     if cfg.mode != "identity":
         if isinstance(prior, dict) and _same_mode(prior, cfg):
             new.warned = True  # the checkpoint was saved with this mode: its function is unchanged
-        elif persistence.loaded_with_weights(model):
+        elif pretrained:
             _warn_mode_changes_checkpoint(model, cfg)
     return model
 

@@ -38,7 +38,7 @@ from transformers.utils import logging
 
 from . import persistence, surgery
 from .calibration import calibrated_taus, sync_calibration
-from .config import SITE_KEYWORDS, STORAGE_NAMES, PenalConfig, check_tau, resolve_config
+from .config import SITE_KEYWORDS, STORAGE_NAMES, PenalConfig, check_tau
 from .diagnostics import efficiency_metrics, track_efficiency
 from .schedules import DEPTH_PROFILES, SCHEDULES, ScheduleFieldError, TauSchedule, parse_milestones
 
@@ -243,7 +243,7 @@ class PenalCallback(TrainerCallback):
                 if changed:
                     logger.info(f"hf_penal: training arguments override the model's penal settings {changed}")
                 if active is None or set(changed) - {"tau"}:
-                    surgery.apply(root, resolve_config(base, **changed))  # a new strength calibrates again
+                    surgery.apply(root, base, **changed)  # a new strength calibrates again
                 elif changed:
                     surgery.set_tau(root, changed["tau"])
             else:
