@@ -81,7 +81,8 @@ def _inner_model(model: nn.Module) -> nn.Module | None:
     if kind.__name__ == "OptimizedModule":  # torch.compile(model)
         return model._modules.get("_orig_mod")
     if kind.__module__.split(".")[0] == "peft":
-        return model._modules.get("base_model") or model._modules.get("model")
+        inner = model._modules.get("base_model")
+        return inner if inner is not None else model._modules.get("model")
     return None
 
 
