@@ -29,17 +29,6 @@ from torch import nn
 from . import surgery
 
 
-def _auto_pairs(model: nn.Module, caller: str) -> list:
-    pairs = surgery.connections(surgery.penalized_root(model))
-    if not pairs:
-        raise ValueError(f"{caller}: the model has no penal connections; call hf_penal.apply(model) first")
-    auto = [(s, c) for s, c in pairs if c.auto]
-    if not auto:
-        tau = surgery.penal_config(surgery.penalized_root(model)).tau
-        raise ValueError(f"{caller}: the model's tau is fixed ({tau}); apply tau='auto' to calibrate")
-    return auto
-
-
 def _default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     out = model(**batch) if isinstance(batch, dict) else model(*batch) if isinstance(batch, (tuple, list)) \
         else model(batch)
@@ -58,9 +47,7 @@ def calibrate(model: nn.Module, batch: Any = None, loss_fn: Callable[[nn.Module,
     or the model's own ``.loss`` for a dict / tuple batch (transformers models with labels).
     Without `batch`: the sites measure again on the next training backward; returns ``{}``.
     """
-    pairs = _auto_pairs(model, "calibrate")
-    for _, conn in pairs:
-        conn.recalibrate()
+    surgery.start_calibration(model, "calibrate")
     if batch is None:
         return {}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -89,30 +76,16 @@ def sync_calibration(model: nn.Module) -> bool:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
-    pairs = [(s, c) for s, c in surgery.connections(surgery.penalized_root(model)) if c.auto and c.calibrated]
-    if not pairs:
+    local = surgery.measured_norms(model)
+    if not local:
         return False
-    norms = torch.stack([c.norms for _, c in pairs]).double()
+    names = list(local)
+    norms = torch.stack([local[n] for n in names]).double()
     dist.all_reduce(norms)
-    with torch.no_grad():
-        for (_, conn), (g2, z2) in zip(pairs, norms):
-            conn.set_calibrated((conn.ratio.double() * g2.sqrt() / z2.sqrt().clamp_min(1e-30)).item())
-            conn.norms.copy_(torch.stack([g2, z2]).float())
+    surgery.finish_calibration(model, dict(zip(names, norms)))
     return True
 
 
 def calibrated_taus(model: nn.Module) -> dict[str, float]:
     """``{site name: τ_l}`` of the calibrated ``tau="auto"`` sites (empty before calibration)."""
-    cfg = surgery.penal_config(surgery.penalized_root(model))  # reads the connections' calibrated τ_l
-    return dict(cfg.tau_calibrated or {}) if cfg is not None and cfg.auto else {}
-
-
-def restore_calibration(model: nn.Module, taus: dict[str, float]) -> int:
-    """Set the calibrated τ_l of the ``tau="auto"`` sites named in `taus` (``{site name: τ_l}``, as
-    `calibrated_taus` gives them); returns how many were set."""
-    n = 0
-    for site, conn in surgery.connections(surgery.penalized_root(model)):
-        if conn.auto and site.name in taus:
-            conn.set_calibrated(float(taus[site.name]))
-            n += 1
-    return n
+    return surgery.calibrated_taus(surgery.connections(model))

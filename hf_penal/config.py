@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .modes import MAPPING_BUILDERS, MODE_CLASSES
+
 DEFAULT_TAU = 3e-4  # the paper's reference value (an absolute τ: tau=3e-4)
 
 #: ρ of ``tau="auto"`` when none is given — one value for every model, built from a config or loaded with weights.
@@ -31,18 +33,21 @@ SITE_KEYWORDS = {
     "conv": ("conv",),
 }
 
-#: residual modes (see `hf_penal.modes`); "identity" keeps the model's own add
-MODES = ("identity", "scaled", "layernorm", "recursive_layernorm", "entangled")
-MAPPINGS = ("orthogonal", "sparse", "structural")
+#: residual modes and the entangled mode's matrices: the names of `hf_penal.modes`' tables ("identity" keeps the
+#: model's own add)
+MODES = tuple(MODE_CLASSES)
+MAPPINGS = tuple(MAPPING_BUILDERS)
 
-_STORAGE_DTYPES = {
+#: storage_dtype names → the dtype z is saved in for backward (the one table of storage options)
+STORAGE_DTYPES = {
     None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    # 8 bits per element plus one fp32 scale per tensor (hf_penal.ops._pack_z)
+    # 8 bits per element plus one fp32 scale per tensor (see hf_penal.ops)
     "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
     # no copy: z = (x + z) − x in backward from tensors the block keeps anyway (hf_penal.recompute)
     "recompute": None,
 }
-_DTYPE_NAMES = {v: k for k, v in _STORAGE_DTYPES.items() if v is not None}
+_DTYPE_NAMES = {v: k for k, v in STORAGE_DTYPES.items() if v is not None}
+STORAGE_NAMES = tuple(k for k in STORAGE_DTYPES if k)  # what users may write (besides None)
 
 SitesSpec = str | list | tuple
 
@@ -116,9 +121,9 @@ class PenalConfig:
             self.storage_dtype = _DTYPE_NAMES[self.storage_dtype]
         if isinstance(self.storage_dtype, str) and self.storage_dtype.startswith("torch."):
             self.storage_dtype = self.storage_dtype[len("torch."):]
-        if self.storage_dtype not in _STORAGE_DTYPES:
+        if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"PenalConfig field 'storage_dtype' must be one of "
-                             f"{[k for k in _STORAGE_DTYPES if k]} or None; got {self.storage_dtype!r}")
+                             f"{list(STORAGE_NAMES)} or None; got {self.storage_dtype!r}")
         if self.mode not in MODES:
             raise ValueError(f"PenalConfig field 'mode' must be one of {list(MODES)}; got {self.mode!r}")
         if not _is_number(self.skip_scale) or not math.isfinite(self.skip_scale):
@@ -144,7 +149,7 @@ class PenalConfig:
 
     @property
     def torch_storage_dtype(self) -> torch.dtype | None:
-        return _STORAGE_DTYPES[self.storage_dtype]
+        return STORAGE_DTYPES[self.storage_dtype]
 
     def to_dict(self) -> dict:
         """JSON-ready dict (the `config.penal` entry of config.json)."""
@@ -221,3 +226,19 @@ def resolve_config(config: PenalConfig | dict | bool | None = None, **fields) ->
         base.pop("tau_calibrated", None)  # a new strength: the old calibration no longer applies
     base.update({k: v for k, v in fields.items()})
     return PenalConfig.from_dict(base)
+
+
+def effective_config(given: PenalConfig | dict | bool | None = None, fields: dict | None = None, *,
+                     saved: PenalConfig | dict | None = None, pretrained: bool = False) -> PenalConfig:
+    """The settings a model gets, decided in this one place (the integrations, `apply` and so the trainer call it).
+
+    saved: the settings the model already carries (a checkpoint's ``config.penal``, or the active config), used
+    when the caller passes no config of its own (`given` None or True); given: the caller's PenalConfig / dict;
+    fields: the caller's field keywords, which override either (a new τ or ρ drops the old calibration);
+    pretrained: whether the model was loaded with weights, which picks ρ of a ``tau="auto"`` left without one
+    (`DEFAULT_TAU_RATIO`). Raises ValueError / TypeError naming the field on bad input."""
+    base = saved if saved is not None and (given is None or given is True) else given
+    cfg = resolve_config(base, **(fields or {}))
+    if cfg.auto and cfg.tau_ratio is None:
+        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if pretrained else "scratch"])
+    return cfg

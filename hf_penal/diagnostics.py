@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .surgery import connections, penalized_root
+from . import surgery
 
 PREFIX = "penal/"
 
@@ -28,14 +28,7 @@ def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
 
     The statistics are reset either way. Raises ValueError when the model has no penal connection.
     """
-    pairs = connections(penalized_root(model))
-    if not pairs:
-        raise ValueError("track_efficiency: the model has no penal connections; call hf_penal.apply(model) first "
-                         "(tau=0.0 measures without penalizing)")
-    for _, conn in pairs:
-        conn.measure_efficiency = enabled
-        conn.stats.zero_()
-    return len(pairs)
+    return surgery.track_efficiency(model, enabled)
 
 
 def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") -> dict[str, dict[str, float]]:
@@ -49,10 +42,7 @@ def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") 
         raise ValueError(f"markov_efficiency: per must be 'layer' or 'site'; got {per!r}")
     groups: dict[str, list] = {}
     depth: dict[str, int] = {}
-    for site, conn in connections(penalized_root(model)):
-        stats = conn.read_stats(reset=reset)
-        if stats is None:
-            continue
+    for site, stats in surgery.efficiency_stats(model, "markov_efficiency", reset=reset):
         key = site.layer if per == "layer" else site.name
         groups.setdefault(key, []).append(stats)
         depth[key] = site.depth
@@ -64,11 +54,12 @@ def markov_efficiency(model: nn.Module, reset: bool = True, per: str = "layer") 
 def efficiency_metrics(model: nn.Module, reset: bool = True, n_layers: int | None = None) -> dict[str, float]:
     """Flat log entries: ``penal/efficiency/layer_03``, ``penal/z_norm/layer_03`` per layer (zero-padded index in
     model order) and the chain mean ``penal/efficiency``. Empty when nothing was measured."""
-    per_layer = markov_efficiency(model, reset=reset)
+    pairs = surgery.connections(model)
+    per_layer = markov_efficiency(model, reset=reset) if pairs else {}
     if not per_layer:
         return {}
     if n_layers is None:
-        n_layers = max(s.n_layers for s, _ in connections(penalized_root(model)))
+        n_layers = max(s.n_layers for s, _ in pairs)
     width = max(2, len(str(max(n_layers - 1, 0))))
     out: dict[str, float] = {}
     for v in sorted(per_layer.values(), key=lambda v: v["depth"]):

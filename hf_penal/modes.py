@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "MAPPING_BUILDERS",
     "MODE_CLASSES",
     "ChannelLayerNorm",
     "EntangledSkip",
@@ -62,6 +63,11 @@ class ResidualMode(nn.Module):
         self.site = ""  # the site's name
         self.skip_at: tuple[str, str] = ("", "")  # (module name, how) where the skip input x is captured
         self.x_first = True  # False where the shortcut is computed after the branch
+
+    @classmethod
+    def from_config(cls, cfg, num_features: int, channel_dim: int = -1, site: str = "") -> ResidualMode:
+        """The module a PenalConfig `cfg` describes at `site` (`num_features` wide); each mode reads its fields."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -111,6 +117,10 @@ class ScaledSkip(ResidualMode):
         super().__init__(channel_dim)
         self.skip_scale = float(skip_scale)
 
+    @classmethod
+    def from_config(cls, cfg, num_features, channel_dim=-1, site=""):
+        return cls(cfg.skip_scale, channel_dim)
+
     def forward(self, x, z):
         return torch.add(z, x, alpha=self.skip_scale)
 
@@ -158,6 +168,10 @@ class LayerNormSkip(ResidualMode):
         self.skip_scale = float(skip_scale)
         self.norm = ChannelLayerNorm(num_features, eps, channel_dim)
 
+    @classmethod
+    def from_config(cls, cfg, num_features, channel_dim=-1, site=""):
+        return cls(num_features, cfg.skip_scale, channel_dim=channel_dim)
+
     def forward(self, x, z):
         return self.norm(torch.add(z, x, alpha=self.skip_scale))
 
@@ -176,6 +190,10 @@ class RecursiveLayerNormSkip(ResidualMode):
             raise ValueError(f"PenalConfig field 'recursions' (K) must be an integer >= 1; got {recursions!r}")
         self.recursions, self.skip_scale = int(recursions), float(skip_scale)
         self.norms = nn.ModuleList(ChannelLayerNorm(num_features, eps, channel_dim) for _ in range(self.recursions))
+
+    @classmethod
+    def from_config(cls, cfg, num_features, channel_dim=-1, site=""):
+        return cls(num_features, cfg.recursions, cfg.skip_scale, channel_dim=channel_dim)
 
     def forward(self, x, z):
         y = z
@@ -203,6 +221,12 @@ class EntangledSkip(ResidualMode):
             self.M = nn.Parameter(M.clone())
         else:
             self.register_buffer("M", M.clone(), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, num_features, channel_dim=-1, site=""):
+        """M from ``cfg.mapping`` (`MAPPING_BUILDERS`), reproducible from ``cfg.seed`` and the site's name."""
+        g = torch.Generator().manual_seed(site_seed(cfg.seed, site))
+        return cls(MAPPING_BUILDERS[cfg.mapping](num_features, cfg, g), cfg.learnable, cfg.mapping, channel_dim)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """M·x along the feature dimension."""
@@ -276,29 +300,21 @@ def site_seed(seed: int, site: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(site.encode())) % (2 ** 63 - 1)
 
 
+#: config name → builder of the entangled mode's matrix M: (n, PenalConfig, generator) → n × n matrix
+MAPPING_BUILDERS = {
+    "orthogonal": lambda n, cfg, g: orthogonal_mapping(n, g),
+    "sparse": lambda n, cfg, g: sparse_mapping(n, cfg.sparsity, g),
+    "structural": lambda n, cfg, g: structural_mapping(n),
+}
+
+
 def create_mode(cfg, num_features: int, channel_dim: int = -1, site: str = "") -> ResidualMode | None:
-    """The mode module `cfg` (a PenalConfig) describes, for a site with `num_features` features."""
-    if cfg.mode == "identity":
-        return None
-    if cfg.mode == "scaled":
-        return ScaledSkip(cfg.skip_scale, channel_dim)
-    if cfg.mode == "layernorm":
-        return LayerNormSkip(num_features, cfg.skip_scale, channel_dim=channel_dim)
-    if cfg.mode == "recursive_layernorm":
-        return RecursiveLayerNormSkip(num_features, cfg.recursions, cfg.skip_scale, channel_dim=channel_dim)
-    if cfg.mode == "entangled":
-        g = torch.Generator().manual_seed(site_seed(cfg.seed, site))
-        if cfg.mapping == "orthogonal":
-            M = orthogonal_mapping(num_features, g)
-        elif cfg.mapping == "sparse":
-            M = sparse_mapping(num_features, cfg.sparsity, g)
-        elif cfg.mapping == "structural":
-            M = structural_mapping(num_features)
-        else:
-            raise ValueError(f"PenalConfig field 'mapping' must be one of orthogonal, sparse, structural; "
-                             f"got {cfg.mapping!r}")
-        return EntangledSkip(M, cfg.learnable, cfg.mapping, channel_dim)
-    raise ValueError(f"PenalConfig field 'mode' must be one of {list(MODE_CLASSES)}; got {cfg.mode!r}")
+    """The mode module `cfg` (a PenalConfig) describes, for a site with `num_features` features (None for
+    ``"identity"``), through `MODE_CLASSES`."""
+    if cfg.mode not in MODE_CLASSES:
+        raise ValueError(f"PenalConfig field 'mode' must be one of {list(MODE_CLASSES)}; got {cfg.mode!r}")
+    cls = MODE_CLASSES[cfg.mode]
+    return None if cls is None else cls.from_config(cfg, num_features, channel_dim=channel_dim, site=site)
 
 
 def mode_settings(cfg) -> tuple:

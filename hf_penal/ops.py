@@ -23,6 +23,10 @@ host sync and no recompile.
 
 Optionally the op also measures the Markov efficiency ε = cos(z, −∂L/∂x) per sample (design §1), using the
 incoming gradient as ∂L/∂x at the node, and the mean per-sample ‖z‖.
+
+Who writes what: the buffers are written only in this file — by `PenalConnection`'s methods (`set_tau`,
+`set_factor`, `set_gain`, `recalibrate`, `set_calibrated`, `finish_calibration`, `track_efficiency`, `read_stats`)
+and by the backward. Outside this file only `hf_penal.surgery` calls those methods.
 """
 from __future__ import annotations
 
@@ -88,6 +92,11 @@ def _efficiency_(stats: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> No
     stats[2] += cos.shape[0]
 
 
+def calibrated_tau(ratio: torch.Tensor, g2: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """τ_l = ρ · ‖g‖ / ‖z‖ from the measured ‖g‖², ‖z‖² (float64 0-dim tensors): the one place it is written."""
+    return ratio.double() * (g2.sqrt() / z2.sqrt().clamp_min(1e-30))
+
+
 def _calibrate_(cal: tuple, z: torch.Tensor, grad: torch.Tensor, gain: torch.Tensor) -> None:
     """While ``pending`` is 1: measure ‖g‖², ‖z‖² (g = grad / gain), set τ = ρ·‖g‖/‖z‖ and clear ``pending``.
     A branch whose z is exactly zero (a zero-initialised last norm, as in timm's ResNets) has no scale to measure:
@@ -99,7 +108,7 @@ def _calibrate_(cal: tuple, z: torch.Tensor, grad: torch.Tensor, gain: torch.Ten
     ready = pending.double() * (z2 > 0).double()
     measured = torch.stack([g2, z2])
     norms.copy_(torch.lerp(norms.double(), measured, ready).to(norms.dtype))
-    new_tau = ratio.double() * (g2.sqrt() / z2.sqrt().clamp_min(1e-30))
+    new_tau = calibrated_tau(ratio, g2, z2)
     tau.copy_(torch.lerp(tau.double(), new_tau, ready).to(tau.dtype))
     pending.sub_(ready.to(pending.dtype))
 
@@ -145,6 +154,9 @@ def penal(z: torch.Tensor, tau, *, storage_dtype: torch.dtype | None = None, cop
 
 class PenalConnection(nn.Module):
     """Penal connection at one residual site. Identity in forward; in training adds τ·z to z's gradient.
+
+    It owns its state (τ, the schedule factor, the gain, the calibration and ε buffers): only its own methods and
+    backward write them; from outside the package, `hf_penal.surgery` is the one caller of those methods.
 
     Args:
         tau: τ (float ≥ 0), or ``"auto"``: calibrated on the first training backward as
@@ -212,6 +224,27 @@ class PenalConnection(nn.Module):
             s += ", storage=recompute"
         return s
 
+    # state ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_tau(self, tau: float) -> None:
+        """Set a fixed τ (an ``"auto"`` connection calibrates its τ instead: `recalibrate` / `set_calibrated`)."""
+        if self.auto:
+            raise ValueError("set_tau: this connection calibrates its tau (tau='auto'); rebuild it with a fixed tau")
+        self.tau.fill_(float(tau))
+
+    @torch.no_grad()
+    def set_factor(self, factor: float) -> None:
+        """The schedule's multiplier of τ (× the depth profile's value at this site); 1 leaves τ as configured."""
+        self.factor.fill_(float(factor))
+
+    @torch.no_grad()
+    def set_gain(self, gain: float | torch.Tensor) -> None:
+        """Loss scale × data-parallel world size (a tensor is copied without a host sync)."""
+        if torch.is_tensor(gain):
+            self.gain.copy_(gain.detach().reshape(()))
+        else:
+            self.gain.fill_(float(gain))
+
     # calibration --------------------------------------------------------------------------------------------
     @property
     def calibrated(self) -> bool:
@@ -226,6 +259,18 @@ class PenalConnection(nn.Module):
                 self.pending.zero_()
         self._calibrating = False
 
+    @property
+    def measured_norms(self) -> torch.Tensor | None:
+        """(‖g‖², ‖z‖²) of the calibrating backward (a read-only copy; None for a fixed τ)."""
+        return self.norms.detach().clone() if self.auto else None
+
+    def finish_calibration(self, g2: torch.Tensor | float, z2: torch.Tensor | float) -> None:
+        """Set τ_l from measured ‖g‖², ‖z‖² (e.g. summed over data-parallel ranks), as the backward would."""
+        g2, z2 = torch.as_tensor(g2, dtype=torch.float64), torch.as_tensor(z2, dtype=torch.float64)
+        with torch.no_grad():
+            self.set_calibrated(calibrated_tau(self.ratio, g2.to(self.ratio.device), z2.to(self.ratio.device)).item())
+            self.norms.copy_(torch.stack([g2, z2]).float())
+
     def recalibrate(self) -> None:
         """Measure τ_l again on the next training backward (which then adds no penalty at this site)."""
         if not self.auto:
@@ -237,6 +282,12 @@ class PenalConnection(nn.Module):
         self._calibrating = True
 
     # ε / ‖z‖ statistics --------------------------------------------------------------------------------------
+    def track_efficiency(self, enabled: bool = True) -> None:
+        """Switch the ε / ‖z‖ measurement in backward on or off; the statistics restart from zero."""
+        self.measure_efficiency = bool(enabled)
+        with torch.no_grad():
+            self.stats.zero_()
+
     def read_stats(self, reset: bool = True) -> tuple | None:
         """(mean ε, mean ‖z‖) over the samples seen since the last reset, or None if none."""
         s = self.stats.tolist()

@@ -13,10 +13,7 @@ proper starts from the peak ``tau``.
 ``step``       ``tau * gamma ** k`` after warmup, k = number of ``milestones`` (optimizer steps) ≤ step
 =============  ==========================================================================================
 
-A per-depth profile multiplies τ by a factor of the site's layer index ``depth`` (0 = nearest the input) out of
-``n_layers``, the way timm spreads its drop-path rate over blocks (``torch.linspace(0, rate, depth)``):
-``uniform`` 1 everywhere, ``increasing`` ``depth / (n_layers - 1)`` (0 at the first layer, 1 at the last),
-``decreasing`` ``1 - depth / (n_layers - 1)``.
+A per-depth profile (`hf_penal.depth`) multiplies τ by a factor of the site's layer index.
 """
 from __future__ import annotations
 
@@ -24,8 +21,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from .depth import DEPTH_PROFILES, depth_factor
+
+__all__ = ["SCHEDULES", "DEPTH_PROFILES", "TauSchedule", "ScheduleFieldError", "constant", "linear", "cosine",
+           "step_decay", "parse_milestones", "depth_factor", "warmup_steps_for"]
+
 SCHEDULES = ("constant", "linear", "cosine", "step")
-DEPTH_PROFILES = ("uniform", "increasing", "decreasing")
 
 Milestones = str | Sequence[int] | None
 
@@ -92,20 +93,26 @@ def parse_milestones(milestones: Milestones) -> list[int]:
     return sorted(out)
 
 
-def depth_factor(depth: int, n_layers: int, profile: str = "uniform") -> float:
-    """Multiplier of τ for the layer at index ``depth`` (0-based, model order) out of ``n_layers``."""
-    if profile not in DEPTH_PROFILES:
-        raise ValueError(f"depth profile must be one of {list(DEPTH_PROFILES)}; got {profile!r}")
-    if profile == "uniform" or n_layers <= 1:
-        return 1.0
-    frac = min(1.0, max(0.0, depth / (n_layers - 1)))
-    return frac if profile == "increasing" else 1.0 - frac
-
-
 def warmup_steps_for(total_steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.0) -> int:
     """Warmup length in optimizer steps: ``warmup_steps`` if > 0, else ``ceil(warmup_ratio * total_steps)``
     (transformers' TrainingArguments convention)."""
     return warmup_steps if warmup_steps > 0 else math.ceil(warmup_ratio * total_steps)
+
+
+class ScheduleFieldError(ValueError):
+    """A bad `TauSchedule` field: `field`, what is `allowed`, the `value` given."""
+
+    def __init__(self, field: str, allowed: str, value):
+        self.field, self.allowed, self.value = field, allowed, value
+        super().__init__(f"TauSchedule field '{field}' must be {allowed}; got {value!r}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _finite_nonneg(x) -> bool:
+    return _is_number(x) and math.isfinite(x) and x >= 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +121,8 @@ class TauSchedule:
 
     name: one of ``constant``, ``linear``, ``cosine``, ``step``. tau: the peak τ. final_tau: the end value of
     ``linear``/``cosine``. warmup_steps / warmup_ratio: warmup length (steps win when > 0). milestones, gamma: the
-    ``step`` schedule. depth_profile: ``uniform``, ``increasing`` or ``decreasing`` (see `factor`).
+    ``step`` schedule (which needs at least one milestone). depth_profile: ``uniform``, ``increasing`` or
+    ``decreasing`` (see `factor`). A bad field raises `ScheduleFieldError` (a ValueError naming it).
     """
 
     name: str = "constant"
@@ -127,11 +135,28 @@ class TauSchedule:
     depth_profile: str = "uniform"
 
     def __post_init__(self):
-        if self.name not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {self.name!r}")
-        if self.depth_profile not in DEPTH_PROFILES:
-            raise ValueError(f"depth profile must be one of {list(DEPTH_PROFILES)}; got {self.depth_profile!r}")
-        object.__setattr__(self, "milestones", tuple(parse_milestones(self.milestones)))
+        checks = (
+            ("name", self.name in SCHEDULES, f"one of {list(SCHEDULES)}"),
+            ("tau", _finite_nonneg(self.tau), "a finite number >= 0"),
+            ("final_tau", _finite_nonneg(self.final_tau), "a finite number >= 0"),
+            ("warmup_steps", isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
+             and self.warmup_steps >= 0, "an integer >= 0"),
+            ("warmup_ratio", _is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio <= 1.0, "a number in [0, 1]"),
+            ("gamma", _finite_nonneg(self.gamma), "a finite number >= 0"),
+            ("depth_profile", self.depth_profile in DEPTH_PROFILES, f"one of {list(DEPTH_PROFILES)}"),
+        )
+        for field, ok, allowed in checks:
+            if not ok:
+                raise ScheduleFieldError(field, allowed, getattr(self, field))
+        try:
+            steps = parse_milestones(self.milestones)
+        except (ValueError, TypeError):
+            raise ScheduleFieldError("milestones", "comma-separated optimizer steps ('100,200') or a list of ints >= 0",
+                                     self.milestones) from None
+        if self.name == "step" and not steps:
+            raise ScheduleFieldError("milestones", "non-empty when the schedule is 'step' (e.g. '100,200')",
+                                     self.milestones)
+        object.__setattr__(self, "milestones", tuple(steps))
 
     def __call__(self, step: int, total_steps: int) -> float:
         warm = warmup_steps_for(total_steps, self.warmup_steps, self.warmup_ratio)

@@ -13,6 +13,7 @@ The connection's buffers are non-persistent: `state_dict()` and checkpoints are 
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -23,12 +24,12 @@ import torch
 from torch import nn
 
 from . import persistence, recompute
-from .config import DEFAULT_TAU_RATIO, SITE_KEYWORDS, PenalConfig, check_tau, resolve_config
+from .config import SITE_KEYWORDS, PenalConfig, check_tau, effective_config, resolve_config
+from .depth import depth_factor
 from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
 from .hooks import CONNECTION, MODE, attach_skip_capture, detach_skip_capture, hook_site, unhook_site
 from .modes import create_mode, mode_settings
 from .ops import PenalConnection
-from .schedules import depth_factor
 
 _STATE = "_hf_penal"
 
@@ -59,47 +60,81 @@ class _PenalState:
         self.pairs = pairs  # (site, PenalConnection) of the sites that have a connection
         self.warned = False  # the "mode changes a pretrained model" warning was given
         self.probe_only = False  # τ = 0 measuring probes: nothing recorded in the model's config
+        self.depth: dict[str, list[float]] = {}  # depth profile -> its factor at each connection (computed once)
 
 
 def _state(model: nn.Module) -> _PenalState | None:
     return model.__dict__.get(_STATE)
 
 
+# ------------------------------------------------------------------------------------------------ the public boundary
+# The one unwrap rule: every public function takes the model as the user holds it (plain, DDP, FSDP, PEFT,
+# torch.compile'd) and acts on the penalized model inside, found here.
+
+def _inner_model(model: nn.Module) -> nn.Module | None:
+    """The model a known wrapper holds (DDP / DataParallel / FSDP1 `.module`, torch.compile's `_orig_mod`, a PEFT
+    model's `base_model` and its tuner's `model`); None when `model` is not such a wrapper."""
+    kind = type(model)
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or \
+            kind.__name__ == "FullyShardedDataParallel":
+        return model._modules.get("module")
+    if kind.__name__ == "OptimizedModule":  # torch.compile(model)
+        return model._modules.get("_orig_mod")
+    if kind.__module__.split(".")[0] == "peft":
+        inner = model._modules.get("base_model")
+        return inner if inner is not None else model._modules.get("model")
+    return None
+
+
 def penalized_root(model: nn.Module) -> nn.Module:
-    """The module that carries the penal state: `model` itself, or the penalized model inside a wrapper (DDP,
-    a PEFT model, ...); `model` when none is."""
+    """The model hf_penal acts on: `model` itself or the module inside it that carries penal connections (inside a
+    DDP / FSDP / PEFT / compiled wrapper, or any container); for a model without them, the model inside the known
+    wrappers (what `apply` would penalize)."""
     if _state(model) is not None:
         return model
     for m in model.modules():
         if m is not model and _state(m) is not None:
             return m
-    return model
+    inner = _inner_model(model)
+    return model if inner is None else penalized_root(inner)
+
+
+def require_penalized(model: nn.Module, caller: str, hint: str = "") -> nn.Module:
+    """`penalized_root(model)`; raises ValueError naming `caller` when neither `model` nor any module inside it has
+    penal connections (a public function that needs them never silently does nothing)."""
+    root = penalized_root(model)
+    if _state(root) is None:
+        raise ValueError(f"{caller}: {type(model).__name__} has no penal connections (nor has any module inside it); "
+                         f"give it some first: hf_penal.apply(model) or from_pretrained(..., penal=True).{hint}")
+    return root
 
 
 def penal_config(model: nn.Module) -> PenalConfig | None:
     """The PenalConfig applied to `model` (with ``tau="auto"``: the calibrated τ_l of every calibrated site in
-    ``tau_calibrated``), or None."""
-    st = _state(model)
+    ``tau_calibrated``), or None when it has no penal connections. `model` may be wrapped (DDP, PEFT, compiled)."""
+    st = _state(penalized_root(model))
     if st is None:
         return None
-    if st.config.auto:
-        cal = {site.name: conn.tau.item() for site, conn in connections(model) if conn.calibrated}
-        if cal != (st.config.tau_calibrated or {}):
-            st.config = st.config.replace(tau_calibrated=cal or None)
-    return st.config
+    if not st.config.auto:
+        return st.config
+    cal = calibrated_taus(connections(model))
+    return st.config if cal == (st.config.tau_calibrated or {}) else st.config.replace(tau_calibrated=cal or None)
 
 
 def record_settings(model: nn.Module) -> None:
     """Write the current settings (calibrated τ_l included) where checkpoints keep them: ``config.penal``
     (transformers) or ``pretrained_cfg["penal"]`` (timm). `save_pretrained` calls this."""
+    model = penalized_root(model)
     cfg = penal_config(model)
-    if cfg is not None and not model.__dict__[_STATE].probe_only:
+    if cfg is not None and not _state(model).probe_only:
         persistence.record(model, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------------ sites
 def sites(model: nn.Module, example_inputs: Any = None) -> list[ResidualSite]:
-    """Residual sites of `model`: the active ones of a penalized model, otherwise all discoverable ones."""
+    """Residual sites of `model`: the active ones of a penalized model, otherwise all discoverable ones (of the model
+    inside a DDP / FSDP / PEFT / compiled wrapper)."""
+    model = penalized_root(model)
     st = _state(model)
     if st is not None:
         return list(st.sites)
@@ -144,21 +179,25 @@ def _no_site_message(model: nn.Module, example_inputs: Any = None) -> str:
 
 # ------------------------------------------------------------------------------------------------------------ apply
 def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, example_inputs: Any = None,
-          **fields) -> nn.Module:
+          pretrained: bool | None = None, **fields) -> nn.Module:
     """Give `model` penal connections (and/or a residual mode) in place, and return it.
 
     config: a PenalConfig, a dict of its fields, True or None (defaults); keyword `fields` (tau=..., sites=...,
     mode=...) override it. On a model that already has them, the settings are replaced (never stacked); with no
     config, keywords update the current settings. Raises ValueError (naming the field) on bad input and
     `NoResidualSiteError` when no residual site is found; in both cases the model is left untouched.
+    pretrained: whether `model` was loaded with weights (the default ρ of ``tau="auto"``, and whether a residual mode
+    warns that it changes a checkpoint's function); None: as the integrations recorded when they built the model
+    (`persistence.loaded_with_weights`).
     """
     st = _state(model)
-    if config is None and st is not None:
-        config = penal_config(model)  # with the calibration so far
-    cfg = resolve_config(config, **fields)
-    if cfg.auto and cfg.tau_ratio is None:
-        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if persistence.loaded_with_weights(model)
-                                                      else "scratch"])
+    if pretrained is None:
+        pretrained = persistence.loaded_with_weights(model)
+    if isinstance(config, PenalConfig) and not fields and not (config.auto and config.tau_ratio is None):
+        cfg = copy.deepcopy(config)  # already resolved (by an integration or set_tau); ours, not the caller's
+    else:  # with no config, keywords update the current settings (calibration so far included)
+        saved = penal_config(model) if config is None and st is not None else None
+        cfg = effective_config(config, fields, saved=saved, pretrained=pretrained)
     prior = persistence.saved_settings(model)  # as loaded with the checkpoint
     old_sites = st.sites if st is not None else None
     old_modes = _current_modes(model, old_sites)
@@ -185,7 +224,7 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
     if cfg.mode != "identity":
         if isinstance(prior, dict) and _same_mode(prior, cfg):
             new.warned = True  # the checkpoint was saved with this mode: its function is unchanged
-        elif persistence.loaded_with_weights(model):
+        elif pretrained:
             _warn_mode_changes_checkpoint(model, cfg)
     return model
 
@@ -298,20 +337,24 @@ def attach_probes(model: nn.Module, sites="all") -> nn.Module:
 
 
 def remove(model: nn.Module) -> nn.Module:
-    """Undo `apply` exactly: the module tree, hooks, buffers and `config.penal` are as before."""
-    st = _state(model)
+    """Undo `apply` exactly: the module tree, hooks, buffers and `config.penal` are as before. `model` may be wrapped
+    (DDP, PEFT, compiled): the penalized model inside is restored, and `model` returned. A model without penal
+    connections is returned as it is (removing twice = once)."""
+    root = penalized_root(model)
+    st = _state(root)
     if st is None:
         return model
-    _detach(model, st.sites)
-    del model.__dict__[_STATE]
-    persistence.forget(model)
+    _detach(root, st.sites)
+    del root.__dict__[_STATE]
+    persistence.forget(root)
     return model
 
 
 # ------------------------------------------------------------------------------------------------------------ tau
 def connections(model: nn.Module) -> list[tuple[ResidualSite, PenalConnection]]:
-    """(site, connection) pairs of a penalized model, in site order (built once by `apply`)."""
-    st = _state(model)
+    """(site, connection) pairs of a penalized model (possibly wrapped), in site order (built once by `apply`); empty
+    for a model without penal connections."""
+    st = _state(penalized_root(model))
     return list(st.pairs) if st is not None else []
 
 
@@ -333,25 +376,35 @@ def set_tau_factor(model: nn.Module, factor: float, depth_profile: str = "unifor
     untouched; ``set_tau_factor(model, 1.0)`` restores them."""
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
         raise ValueError(f"set_tau_factor: factor must be a finite number >= 0; got {factor!r}")
-    pairs = connections(penalized_root(model))
-    with torch.no_grad():
-        for site, conn in pairs:
-            conn.factor.fill_(factor * depth_factor(site.depth, site.n_layers, depth_profile))
+    root = require_penalized(model, "set_tau_factor")
+    for (_, conn), d in zip(connections(root), depth_factors(root, depth_profile)):
+        conn.set_factor(factor * d)
+
+
+def depth_factors(model: nn.Module, depth_profile: str = "uniform") -> list[float]:
+    """The depth profile's factor at each penal connection, in `connections` order (computed once per profile;
+    empty for a model without connections). ValueError for an unknown profile."""
+    st = _state(penalized_root(model))
+    if st is None:
+        depth_factor(0, 1, depth_profile)  # validates the name
+        return []
+    if depth_profile not in st.depth:
+        st.depth[depth_profile] = [depth_factor(s.depth, s.n_layers, depth_profile) for s, _ in st.pairs]
+    return list(st.depth[depth_profile])
 
 
 def set_tau(model: nn.Module, tau: float | str) -> None:
     """Set τ on every penal connection of `model` (and in its recorded config): an absolute τ, or ``"auto"`` (the
     sites calibrate again on the next training backward)."""
     tau = check_tau(tau, "set_tau: tau")
+    model = require_penalized(model, "set_tau")
     st = _state(model)
-    if st is None:
-        raise ValueError("set_tau: the model has no penal connections; call hf_penal.apply(model, tau=...) first")
-    if tau == "auto" or st.config.auto:  # the connections change kind: rebuild them
+    if tau == "auto" or st.config.auto or not st.pairs:  # the connections change kind (or do not exist yet: a
+        # residual mode applied with tau=0 has none): rebuild them
         apply(model, st.config.replace(tau=tau, tau_calibrated=None))
         return
-    with torch.no_grad():
-        for _, conn in connections(model):
-            conn.tau.fill_(tau)
+    for _, conn in connections(model):
+        conn.set_tau(tau)
     st.config = st.config.replace(tau=tau)
     persistence.record(model, st.config)
 
@@ -362,14 +415,79 @@ def set_loss_scale(model: nn.Module, scale: float | torch.Tensor, world_size: in
     The incoming gradient is scaled by `scale` (and DDP averages over `world_size` ranks), so the added τ·z is
     multiplied by ``scale * world_size`` to keep the penalty equal to the fp32, single-process one. PenalTrainer /
     PenalCallback do this for you; call it yourself in a hand-written loop with a GradScaler
-    (``hf_penal.set_loss_scale(model, scaler.get_scale())`` before each forward).
+    (``hf_penal.set_loss_scale(model, scaler.get_scale())`` before each forward). `model` may be the DDP-wrapped one.
     """
-    with torch.no_grad():
-        for _, conn in connections(model):
-            if torch.is_tensor(scale):
-                conn.gain.copy_(scale.detach().reshape(()) * world_size)
-            else:
-                conn.gain.fill_(float(scale) * world_size)
+    gain = scale.detach().reshape(()) * world_size if torch.is_tensor(scale) else float(scale) * world_size
+    for _, conn in connections(require_penalized(model, "set_loss_scale")):
+        conn.set_gain(gain)
+
+
+# ------------------------------------------------------------------------------------ calibration and ε (the door)
+def auto_connections(model: nn.Module, caller: str) -> list[tuple[ResidualSite, PenalConnection]]:
+    """The (site, connection) pairs whose τ is calibrated (``tau="auto"``); ValueError naming `caller` when the model
+    has no penal connections or a fixed τ."""
+    root = require_penalized(model, caller)
+    auto = [(s, c) for s, c in connections(root) if c.auto]
+    if not auto:
+        raise ValueError(f"{caller}: the model's tau is fixed ({_state(root).config.tau}); apply tau='auto' to "
+                         f"calibrate")
+    return auto
+
+
+def start_calibration(model: nn.Module, caller: str = "calibrate") -> None:
+    """Every ``tau="auto"`` site measures τ_l again on the next training backward (which adds no penalty there)."""
+    for _, conn in auto_connections(model, caller):
+        conn.recalibrate()
+
+
+def measured_norms(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{site name: (‖g‖², ‖z‖²)}`` measured by the calibrated ``tau="auto"`` sites (copies)."""
+    return {s.name: c.measured_norms for s, c in connections(model) if c.auto and c.calibrated}
+
+
+def finish_calibration(model: nn.Module, norms: dict[str, torch.Tensor]) -> None:
+    """Set τ_l of the sites named in `norms` from their ``(‖g‖², ‖z‖²)`` (e.g. summed over ranks)."""
+    for site, conn in connections(model):
+        if conn.auto and site.name in norms:
+            g2, z2 = norms[site.name]
+            conn.finish_calibration(g2, z2)
+
+
+def restore_calibration(model: nn.Module, taus: dict[str, float]) -> int:
+    """Set the calibrated τ_l of the ``tau="auto"`` sites named in `taus` (``{site name: τ_l}``); returns how many."""
+    n = 0
+    for site, conn in connections(model):
+        if conn.auto and site.name in taus:
+            conn.set_calibrated(float(taus[site.name]))
+            n += 1
+    return n
+
+
+def calibrated_taus(pairs: list[tuple[ResidualSite, PenalConnection]]) -> dict[str, float]:
+    """``{site name: τ_l}`` of the calibrated ``tau="auto"`` connections among `pairs`."""
+    return {site.name: conn.tau.item() for site, conn in pairs if conn.auto and conn.calibrated}
+
+
+def track_efficiency(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the ε / ‖z‖ measurement of every connection on or off (statistics reset); returns how many."""
+    pairs = connections(require_penalized(
+        model, "track_efficiency", hint=" hf_penal.apply(model, tau=0.0) measures without penalizing."))
+    if not pairs:
+        raise ValueError("track_efficiency: the model's residual mode has no penal connections (tau=0); apply "
+                         "tau=0.0 with mode='identity', or a tau > 0, to measure")
+    for _, conn in pairs:
+        conn.track_efficiency(enabled)
+    return len(pairs)
+
+
+def efficiency_stats(model: nn.Module, caller: str, reset: bool = True) -> list[tuple[ResidualSite, tuple]]:
+    """(site, (mean ε, mean ‖z‖)) of the sites that measured since the last reset; `reset` restarts them."""
+    out = []
+    for site, conn in connections(require_penalized(model, caller)):
+        stats = conn.read_stats(reset=reset)
+        if stats is not None:
+            out.append((site, stats))
+    return out
 
 
 def _warn_mode_changes_checkpoint(model: nn.Module, cfg: PenalConfig) -> None:

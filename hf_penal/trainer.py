@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import weakref
 from typing import Any
@@ -38,10 +37,10 @@ from transformers.trainer_callback import DefaultFlowCallback
 from transformers.utils import logging
 
 from . import persistence, surgery
-from .calibration import calibrated_taus, restore_calibration, sync_calibration
-from .config import PenalConfig, check_tau, resolve_config
+from .calibration import calibrated_taus, sync_calibration
+from .config import SITE_KEYWORDS, STORAGE_NAMES, PenalConfig, check_tau
 from .diagnostics import efficiency_metrics, track_efficiency
-from .schedules import DEPTH_PROFILES, SCHEDULES, TauSchedule, parse_milestones
+from .schedules import DEPTH_PROFILES, SCHEDULES, ScheduleFieldError, TauSchedule, parse_milestones
 
 logger = logging.get_logger(__name__)
 
@@ -66,10 +65,10 @@ class _PenalSettings:
         "rho of penal_tau='auto' (> 0). None: the model's own setting, else the default for a model built from a "
         "config or loaded with weights (see README).")})
     penal_sites: str | None = dataclasses.field(default=None, metadata={"help": (
-        "Residual sites: all | attention | self_attention | cross_attention | mlp | conv, or a regex over site "
-        "names. None: the model's own setting, else 'all'.")})
+        f"Residual sites: {' | '.join(SITE_KEYWORDS)}, or a regex over site names. None: the model's own setting, "
+        "else 'all'.")})
     penal_storage_dtype: str | None = dataclasses.field(default=None, metadata={"help": (
-        "dtype z is saved in for backward: float32 | float16 | bfloat16 | float8_e4m3fn | float8_e5m2 | recompute. "
+        f"dtype z is saved in for backward: {' | '.join(STORAGE_NAMES)}. "
         "None: the model's own setting, else the activation's dtype.")})
     penal_schedule: str = dataclasses.field(default="constant", metadata={"help": (
         f"tau schedule over optimizer steps: {' | '.join(SCHEDULES)}."), "choices": list(SCHEDULES)})
@@ -138,28 +137,15 @@ def _validate(s: Any) -> None:
         try:
             s.penal_storage_dtype = PenalConfig(storage_dtype=s.penal_storage_dtype).storage_dtype
         except ValueError:
-            bad("penal_storage_dtype", "None, 'float32', 'float16', 'bfloat16', 'float8_e4m3fn', 'float8_e5m2' or "
-                "'recompute'")
-    if s.penal_schedule not in SCHEDULES:
-        bad("penal_schedule", f"one of {list(SCHEDULES)}")
-    if not (_is_number(s.penal_warmup_ratio) and 0.0 <= s.penal_warmup_ratio <= 1.0):
-        bad("penal_warmup_ratio", "a number in [0, 1]")
-    if not (isinstance(s.penal_warmup_steps, int) and not isinstance(s.penal_warmup_steps, bool)
-            and s.penal_warmup_steps >= 0):
-        bad("penal_warmup_steps", "an integer >= 0")
-    if not (_is_number(s.penal_final_tau) and math.isfinite(s.penal_final_tau) and s.penal_final_tau >= 0):
-        bad("penal_final_tau", "a finite number >= 0")
-    try:
-        steps = parse_milestones(s.penal_milestones)
-    except (ValueError, TypeError):
-        bad("penal_milestones", "comma-separated optimizer steps ('100,200') or a list of ints >= 0")
-    s.penal_milestones = ",".join(map(str, steps)) if steps else None  # one JSON-friendly, parser-friendly form
-    if s.penal_schedule == "step" and not steps:
-        bad("penal_milestones", "non-empty when penal_schedule='step' (e.g. '100,200')")
-    if not (_is_number(s.penal_gamma) and math.isfinite(s.penal_gamma) and s.penal_gamma >= 0):
-        bad("penal_gamma", "a finite number >= 0")
-    if s.penal_depth_profile not in DEPTH_PROFILES:
-        bad("penal_depth_profile", f"one of {list(DEPTH_PROFILES)}")
+            bad("penal_storage_dtype", f"None or one of {list(STORAGE_NAMES)}")
+    try:  # the schedule validates its own fields; here they only get their argument names
+        schedule = TauSchedule(name=s.penal_schedule, final_tau=s.penal_final_tau, warmup_steps=s.penal_warmup_steps,
+                               warmup_ratio=s.penal_warmup_ratio, milestones=s.penal_milestones, gamma=s.penal_gamma,
+                               depth_profile=s.penal_depth_profile)
+    except ScheduleFieldError as e:
+        bad("penal_schedule" if e.field == "name" else f"penal_{e.field}", e.allowed)
+    # one JSON-friendly, parser-friendly form
+    s.penal_milestones = ",".join(map(str, schedule.milestones)) if schedule.milestones else None
     if not isinstance(s.penal_log_efficiency, bool):
         bad("penal_log_efficiency", "True or False")
 
@@ -235,7 +221,7 @@ class PenalCallback(TrainerCallback):
         with ``penal_log_efficiency``, adds τ = 0 probes that measure without penalizing.
         """
         if self._prepared is not None and self._prepared() is model:
-            return surgery.penal_config(surgery.penalized_root(model))
+            return surgery.penal_config(model)
         s = self.settings
         root = surgery.penalized_root(model)
         active = surgery.penal_config(root)
@@ -259,7 +245,7 @@ class PenalCallback(TrainerCallback):
                 if changed:
                     logger.info(f"hf_penal: training arguments override the model's penal settings {changed}")
                 if active is None or set(changed) - {"tau"}:
-                    surgery.apply(root, resolve_config(base, **changed))  # a new strength calibrates again
+                    surgery.apply(root, base, **changed)  # a new strength calibrates again
                 elif changed:
                     surgery.set_tau(root, changed["tau"])
             else:
@@ -273,13 +259,13 @@ class PenalCallback(TrainerCallback):
                                      milestones=parse_milestones(s.penal_milestones), gamma=s.penal_gamma,
                                      depth_profile=s.penal_depth_profile)
         pairs = surgery.connections(root)
-        self._depth = [self._schedule.factor(site.depth, site.n_layers) for site, _ in pairs]
+        self._depth = surgery.depth_factors(root, self._schedule.depth_profile)
         self._sync_pending = self._peak == "auto" and any(not c.calibrated for _, c in pairs)
         self._prepared = weakref.ref(model)
         return cfg
 
     def _pairs(self, model: nn.Module) -> list:
-        return surgery.connections(surgery.penalized_root(model))
+        return surgery.connections(model)
 
     def tau_now(self, model: nn.Module) -> dict[str, float]:
         """τ of the step just finished: ``penal/tau`` (the configured τ × schedule; with ``tau="auto"`` the mean over
@@ -372,7 +358,7 @@ class PenalCallback(TrainerCallback):
             logger.warning(f"hf_penal: resuming without {path}: tau='auto' calibrates again on this run's first step")
             return
         with open(path) as f:
-            restore_calibration(model, json.load(f))
+            surgery.restore_calibration(model, json.load(f))
         self._sync_pending = False
 
     def on_train_end(self, args, state, control, model=None, **kwargs):

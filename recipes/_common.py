@@ -234,8 +234,7 @@ def train_and_report(trainer, training_args, task: str, extra: dict | None = Non
 
 
 def _penal_settings(model) -> dict | None:
-    model = getattr(model, "module", model)
-    cfg = hf_penal.penal_config(model)
+    cfg = hf_penal.penal_config(model)  # the model as the Trainer holds it (DDP-wrapped on 2 ranks)
     return cfg.to_dict() if cfg is not None else None
 
 

@@ -120,7 +120,7 @@ def test_track_efficiency_needs_penal_connections():
 def _probe_stats(z, up, storage_dtype=None):
     """(sum of cosines, sum of ‖z‖, n) the probe accumulates for branch output z and incoming gradient `up`."""
     conn = hf_penal.PenalConnection(tau=0.0, storage_dtype=storage_dtype)
-    conn.measure_efficiency = True
+    conn.track_efficiency(True)
     z = z.clone().requires_grad_(True)
     conn(z).backward(up)
     return conn.stats.double()

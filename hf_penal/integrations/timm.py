@@ -31,14 +31,15 @@ def _wrap(func):
             persistence.mark_pretrained(model, pretrained)
             return model
         from .. import surgery  # noqa: PLC0415
-        from ..config import resolve_config  # noqa: PLC0415
-        cfg = resolve_config(None if penal is True else penal, **fields)  # bad input fails before building
+        from ..config import effective_config  # noqa: PLC0415
+        cfg = effective_config(penal, fields, pretrained=pretrained)  # bad input fails before building
         _check_model_name(args[0] if args else kwargs.get("model_name"))
         _check_local_files(kwargs)
         with OutermostCall():
             model = func(*args, **kwargs)
         persistence.mark_pretrained(model, pretrained)
-        surgery.apply(model, cfg, example_inputs=example_inputs)  # warns when a mode changes loaded weights
+        # warns when a mode changes loaded weights
+        surgery.apply(model, cfg, example_inputs=example_inputs, pretrained=pretrained)
         return model
 
     create_model._hf_penal = True

@@ -63,9 +63,10 @@ def _load_mode_weights(model, source, kwargs) -> int:
 
 def _penalize_loaded(model, penal, fields, given, source=None, kwargs=None, example_inputs=None):
     from .. import persistence, surgery  # noqa: PLC0415
-    from ..config import resolve_config  # noqa: PLC0415
+    from ..config import effective_config, resolve_config  # noqa: PLC0415
 
-    persistence.mark_pretrained(model, source is not None)  # from_pretrained: loaded with weights
+    pretrained = source is not None  # from_pretrained: loaded with weights
+    persistence.mark_pretrained(model, pretrained)  # for a later apply (PenalTrainer) that is not told
     if penal is False:
         surgery.remove(model)
         persistence.forget(model)
@@ -81,11 +82,9 @@ def _penalize_loaded(model, penal, fields, given, source=None, kwargs=None, exam
             raise type(e)(f"config.json 'penal' settings are invalid: {e}") from None
     if not given and not isinstance(saved, dict):
         return model
-    base = saved if isinstance(saved, dict) and penal in (None, True) else penal
-    if isinstance(base, dict) and isinstance(saved, dict) and base is saved:
-        base = dict(saved)
-    cfg = resolve_config(base, **fields)
-    surgery.apply(model, cfg, example_inputs=example_inputs)
+    cfg = effective_config(penal, fields, saved=dict(saved) if isinstance(saved, dict) else None,
+                           pretrained=pretrained)
+    surgery.apply(model, cfg, example_inputs=example_inputs, pretrained=pretrained)
     if cfg.mode != "identity":
         _load_mode_weights(model, source, kwargs or {})
     return model
