@@ -21,7 +21,7 @@ DEFAULT_TAU = 3e-4  # the paper's reference value (an absolute τ: tau=3e-4)
 #: selection tasks bbc / seq2seq / lm_gpt2; ρ 0.01, 0.03 and 0.1 tied within 0.005 and the tie goes to the smaller):
 #: +0.21 / +0.08 accuracy and −37 % perplexity there; held out: −37 % perplexity on a Llama decoder, +0.10 on a ViT
 #: (not beyond Holm), no difference on an MNIST ResNet and a MiniLM fine-tune (BENCHMARKS.md "Quality").
-DEFAULT_TAU_RATIO = {"scratch": 0.01, "pretrained": 0.01}
+DEFAULT_TAU_RATIO = 0.01
 
 #: keywords accepted by `sites=` besides a regex or a list of site names; each selects site kinds
 SITE_KEYWORDS = {
@@ -65,8 +65,8 @@ class PenalConfig:
         value is 3e-4). ``"auto"`` calibrates one τ_l per site on the first training backward:
         τ_l = tau_ratio · ‖∂L/∂z_l‖ / ‖z_l‖ (that backward adds no penalty), then holds it fixed. With a mode other
         than "identity" the default is 0 (no penalty) unless given.
-    tau_ratio: ρ of ``tau="auto"`` (> 0). None: `DEFAULT_TAU_RATIO` for the model (built from a config or loaded
-        with weights), resolved by `hf_penal.apply`.
+    tau_ratio: ρ of ``tau="auto"`` (> 0). None: `DEFAULT_TAU_RATIO` (0.01, for every model), resolved by
+        `hf_penal.apply`.
     tau_calibrated: the calibrated τ_l per site name (written by `save_pretrained` / `penal_config`; a model loaded
         with them does not recalibrate). None: not calibrated yet.
     sites: which residual sites get the connection: ``"all"``, ``"attention"`` (self + cross), ``"self_attention"``,
@@ -229,16 +229,16 @@ def resolve_config(config: PenalConfig | dict | bool | None = None, **fields) ->
 
 
 def effective_config(given: PenalConfig | dict | bool | None = None, fields: dict | None = None, *,
-                     saved: PenalConfig | dict | None = None, pretrained: bool = False) -> PenalConfig:
+                     saved: PenalConfig | dict | None = None) -> PenalConfig:
     """The settings a model gets, decided in this one place (the integrations, `apply` and so the trainer call it).
 
     saved: the settings the model already carries (a checkpoint's ``config.penal``, or the active config), used
     when the caller passes no config of its own (`given` None or True); given: the caller's PenalConfig / dict;
-    fields: the caller's field keywords, which override either (a new τ or ρ drops the old calibration);
-    pretrained: whether the model was loaded with weights, which picks ρ of a ``tau="auto"`` left without one
-    (`DEFAULT_TAU_RATIO`). Raises ValueError / TypeError naming the field on bad input."""
+    fields: the caller's field keywords, which override either (a new τ or ρ drops the old calibration). A
+    ``tau="auto"`` left without ρ gets `DEFAULT_TAU_RATIO`, whether the model was built from a config or loaded
+    with weights. Raises ValueError / TypeError naming the field on bad input."""
     base = saved if saved is not None and (given is None or given is True) else given
     cfg = resolve_config(base, **(fields or {}))
     if cfg.auto and cfg.tau_ratio is None:
-        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO["pretrained" if pretrained else "scratch"])
+        cfg = cfg.replace(tau_ratio=DEFAULT_TAU_RATIO)
     return cfg

@@ -4,8 +4,8 @@ Settings live beside the model's own configuration, so that saving the model sav
 ``config.penal`` (written to config.json by `save_pretrained`), a timm model's ``pretrained_cfg["penal"]``. The
 penal connection adds no weights, so these entries are all that distinguishes a penalized checkpoint.
 
-"Loaded with weights?" picks the default strength ρ (fine-tuning vs training from scratch) and decides whether a
-residual mode's change of the forward function deserves a warning: the integrations record it when they build the
+"Loaded with weights?" decides whether a residual mode's change of the forward function deserves a warning (the
+default strength ρ is the same for both): the integrations record it when they build the
 model (`mark_pretrained`); for a model built by hand, a transformers config's ``_name_or_path`` stands in.
 """
 from __future__ import annotations

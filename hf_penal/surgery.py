@@ -186,7 +186,7 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
     mode=...) override it. On a model that already has them, the settings are replaced (never stacked); with no
     config, keywords update the current settings. Raises ValueError (naming the field) on bad input and
     `NoResidualSiteError` when no residual site is found; in both cases the model is left untouched.
-    pretrained: whether `model` was loaded with weights (the default ρ of ``tau="auto"``, and whether a residual mode
+    pretrained: whether `model` was loaded with weights (whether a residual mode
     warns that it changes a checkpoint's function); None: as the integrations recorded when they built the model
     (`persistence.loaded_with_weights`).
     """
@@ -197,7 +197,7 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
         cfg = copy.deepcopy(config)  # already resolved (by an integration or set_tau); ours, not the caller's
     else:  # with no config, keywords update the current settings (calibration so far included)
         saved = penal_config(model) if config is None and st is not None else None
-        cfg = effective_config(config, fields, saved=saved, pretrained=pretrained)
+        cfg = effective_config(config, fields, saved=saved)
     prior = persistence.saved_settings(model)  # as loaded with the checkpoint
     old_sites = st.sites if st is not None else None
     old_modes = _current_modes(model, old_sites)

@@ -213,14 +213,16 @@ def test_compile_calibrates_without_recompiling(tmp_path):
     assert counts[-1] == counts[1], f"recompiled after calibration: graphs per call {counts}"
 
 
-def test_default_ratio_depends_on_whether_the_model_was_loaded_with_weights(tmp_path):
+def test_one_default_ratio_for_models_built_from_a_config_and_loaded_with_weights(tmp_path):
     from hf_penal.config import DEFAULT_TAU_RATIO
 
+    assert DEFAULT_TAU_RATIO == 0.01  # the quality study's selection (BENCHMARKS.md, Quality)
     d, auto, inputs = saved("bert", tmp_path)
     from transformers import AutoConfig
-    assert hf_penal.penal_config(auto.from_pretrained(d, penal=True)).tau_ratio == DEFAULT_TAU_RATIO["pretrained"]
+    assert hf_penal.penal_config(auto.from_pretrained(d, penal=True)).tau_ratio == 0.01
     scratch = auto.from_config(AutoConfig.from_pretrained(d), penal=True)
-    assert hf_penal.penal_config(scratch).tau_ratio == DEFAULT_TAU_RATIO["scratch"]
+    assert hf_penal.penal_config(scratch).tau_ratio == 0.01
+    assert hf_penal.penal_config(hf_penal.apply(auto.from_config(AutoConfig.from_pretrained(d)))).tau_ratio == 0.01
     assert hf_penal.penal_config(auto.from_pretrained(d, penal={"tau": 3e-4})).tau == 3e-4  # the paper's, exact
 
 

@@ -162,7 +162,7 @@ def test_main_job_runs_every_arm_per_seed_and_ends_with_computed_verdicts(tmp_pa
     assert results["plain, tuned"][0]["learning_rate"] == float(main_job.TUNED_PLAIN[0])
     assert results["penal=True"][0]["penal_config"]["tau"] == "auto"
     from hf_penal.config import DEFAULT_TAU_RATIO
-    assert results["penal=True"][0]["penal_config"]["tau_ratio"] == DEFAULT_TAU_RATIO["scratch"]
+    assert results["penal=True"][0]["penal_config"]["tau_ratio"] == DEFAULT_TAU_RATIO
     assert results["paper τ=3e-4"][0]["penal_config"]["tau"] == 3e-4
     assert {r["global_step"] for rs in results.values() for r in rs} == {2}
     assert log.strip().splitlines()[-1] == "Verdict — " + main_job.verdict("from-scratch", results)

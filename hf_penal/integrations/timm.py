@@ -32,7 +32,7 @@ def _wrap(func):
             return model
         from .. import surgery  # noqa: PLC0415
         from ..config import effective_config  # noqa: PLC0415
-        cfg = effective_config(penal, fields, pretrained=pretrained)  # bad input fails before building
+        cfg = effective_config(penal, fields)  # bad input fails before building
         _check_model_name(args[0] if args else kwargs.get("model_name"))
         _check_local_files(kwargs)
         with OutermostCall():

@@ -82,8 +82,7 @@ def _penalize_loaded(model, penal, fields, given, source=None, kwargs=None, exam
             raise type(e)(f"config.json 'penal' settings are invalid: {e}") from None
     if not given and not isinstance(saved, dict):
         return model
-    cfg = effective_config(penal, fields, saved=dict(saved) if isinstance(saved, dict) else None,
-                           pretrained=pretrained)
+    cfg = effective_config(penal, fields, saved=dict(saved) if isinstance(saved, dict) else None)
     surgery.apply(model, cfg, example_inputs=example_inputs, pretrained=pretrained)
     if cfg.mode != "identity":
         _load_mode_weights(model, source, kwargs or {})
