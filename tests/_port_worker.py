@@ -13,7 +13,9 @@ def main(ready: str, release: str):
     t = torch.ones(1)
     dist.all_reduce(t)
     rank = dist.get_rank()
-    print(f"rank {rank}/{dist.get_world_size()} port {os.environ['MASTER_PORT']} sum {t.item():g}", flush=True)
+    # one write per line: both ranks share the launcher's stdout, and print() may write the text and its newline apart
+    sys.stdout.write(f"rank {rank}/{dist.get_world_size()} port {os.environ['MASTER_PORT']} sum {t.item():g}\n")
+    sys.stdout.flush()
     if rank == 0:
         open(ready, "w").close()
     while not os.path.exists(release):
