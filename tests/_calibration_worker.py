@@ -6,11 +6,10 @@ import json
 import os
 import sys
 
-import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models import build  # noqa: E402
+from _models import two_rank_bert_case  # noqa: E402
 
 import hf_penal  # noqa: E402
 from hf_penal.calibration import calibrated_taus, sync_calibration  # noqa: E402
@@ -18,11 +17,7 @@ from hf_penal.calibration import calibrated_taus, sync_calibration  # noqa: E402
 
 def main(out_dir):
     acc = Accelerator(cpu=True)
-    cfg, auto, _ = build("bert")
-    torch.manual_seed(0)
-    vanilla = auto.from_config(cfg)
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(3, 100, (8, 8), generator=g), labels=torch.randint(0, 3, (8,), generator=g))
+    vanilla, _, batch, half_batch, _ = two_rank_bert_case(acc.num_processes, acc.process_index)
 
     single = hf_penal.apply(copy.deepcopy(vanilla), tau="auto", tau_ratio=0.1)
     single.train()
@@ -30,11 +25,9 @@ def main(out_dir):
 
     model = hf_penal.apply(copy.deepcopy(vanilla), tau="auto", tau_ratio=0.1)
     hf_penal.set_loss_scale(model, 1.0, world_size=acc.num_processes)
-    half = 8 // acc.num_processes
-    sl = slice(acc.process_index * half, (acc.process_index + 1) * half)
     ddp = acc.prepare(model)
     ddp.train()
-    acc.backward(ddp(**{k: v[sl] for k, v in batch.items()}).loss)
+    acc.backward(ddp(**half_batch).loss)
     local = calibrated_taus(model)
     synced = sync_calibration(model)
     taus = calibrated_taus(model)

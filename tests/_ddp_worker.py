@@ -1,7 +1,6 @@
 """Run by test_robustness under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): each rank trains a
 penalized tiny BERT on its half of a global batch through DDP (accelerate) or FSDP2 (`fully_shard`) and saves its
 gradients and the single-process oracle's (vanilla model, full batch, explicit penalty) for the test to compare."""
-import copy
 import json
 import os
 import sys
@@ -10,8 +9,7 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models import build  # noqa: E402
-from _oracle import grads  # noqa: E402
+from _models import two_rank_bert_case  # noqa: E402
 
 import hf_penal  # noqa: E402
 
@@ -20,19 +18,8 @@ TAU = 1e-2
 
 def main(out_dir, mode):
     acc = Accelerator(cpu=True)
-    cfg, auto, _ = build("bert")
-    torch.manual_seed(0)
-    vanilla = auto.from_config(cfg)
-    model = hf_penal.apply(copy.deepcopy(vanilla), tau=TAU)
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(3, 100, (8, 8), generator=g), labels=torch.randint(0, 3, (8,), generator=g))
-    zspec = [(r"bert\.encoder\.layer\.\d+\.(attention\.)?output\.dropout", None)]
-    g_oracle, _, _ = grads(vanilla, lambda m: m(**batch).loss, zspec, TAU)
-
+    _, model, _, local, g_oracle = two_rank_bert_case(acc.num_processes, acc.process_index, TAU)
     hf_penal.set_loss_scale(model, 1.0, world_size=acc.num_processes)  # DDP averages over ranks
-    half = 8 // acc.num_processes
-    sl = slice(acc.process_index * half, (acc.process_index + 1) * half)
-    local = {k: v[sl] for k, v in batch.items()}
     if mode == "fsdp":  # FSDP2 on gloo: shard each layer and the root; gradients are reduce-scattered (averaged)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -79,3 +79,27 @@ def saved(arch: str, tmp_path) -> tuple:
 
 def hf_loss(inputs):
     return lambda model: model(**inputs).loss
+
+
+def two_rank_bert_case(num_processes: int, process_index: int, tau: float | None = None):
+    """The 2-rank workers' shared case: a random tiny BERT (`vanilla`), a global batch of 8, this rank's half of it,
+    and — with `tau` — a penalized copy (tau) and the single-process oracle's gradients (vanilla model, full batch,
+    explicit penalty). Returns (vanilla, model or None, batch, local, oracle grads or None)."""
+    import copy
+
+    from _oracle import grads
+
+    import hf_penal
+    cfg, auto, _ = build("bert")
+    torch.manual_seed(0)
+    vanilla = auto.from_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(3, 100, (8, 8), generator=g), labels=torch.randint(0, 3, (8,), generator=g))
+    half = 8 // num_processes
+    local = {k: v[process_index * half:(process_index + 1) * half] for k, v in batch.items()}
+    if tau is None:
+        return vanilla, None, batch, local, None
+    model = hf_penal.apply(copy.deepcopy(vanilla), tau=tau)
+    zspec = [(r"bert\.encoder\.layer\.\d+\.(attention\.)?output\.dropout", None)]
+    g_oracle, _, _ = grads(vanilla, lambda m: m(**batch).loss, zspec, tau)
+    return vanilla, model, batch, local, g_oracle
