@@ -55,18 +55,6 @@ def mean_std(xs) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def exceeds_2se(a, b) -> bool:
-    """Whether mean(a) − mean(b) exceeds two standard errors of the difference (Welch)."""
-    if len(a) < 2 or len(b) < 2:
-        return False
-    ma, sa = mean_std(a)
-    mb, sb = mean_std(b)
-    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-    if se == 0:
-        return ma != mb
-    return abs(ma - mb) > 2 * se
-
-
 def welch(a, b) -> dict:
     """Welch's t-test of mean(a) − mean(b): diff, t, df (Welch–Satterthwaite), two-sided p, 95 % CI of the
     difference. NaNs are dropped; fewer than 2 values on a side give p = nan."""
@@ -76,14 +64,12 @@ def welch(a, b) -> dict:
     out = dict(diff=ma - mb, t=math.nan, df=math.nan, p=math.nan, lo=math.nan, hi=math.nan, n=(len(a), len(b)))
     if len(a) < 2 or len(b) < 2:
         return out
-    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if sa == 0 and sb == 0:  # scipy's p is nan there: two constant samples differ or they don't
         return {**out, "p": 1.0 if ma == mb else 0.0, "lo": ma - mb, "hi": ma - mb}
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    t = (ma - mb) / se
-    half = stats.t.ppf(0.975, df) * se
-    return {**out, "t": t, "df": df, "p": 2 * stats.t.sf(abs(t), df), "lo": ma - mb - half, "hi": ma - mb + half}
+    r = stats.ttest_ind(a, b, equal_var=False)
+    ci = r.confidence_interval(0.95)
+    return {**out, "t": float(r.statistic), "df": float(r.df), "p": float(r.pvalue), "lo": float(ci.low),
+            "hi": float(ci.high)}
 
 
 def paired_p(a: dict, b: dict) -> tuple[float, int]:

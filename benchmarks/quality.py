@@ -222,7 +222,7 @@ def train_one(task: T.Task, arm: Arm, lr: float, seed: int) -> dict:
     model.eval()
     metric = task.evaluate(model)
     if not math.isfinite(metric):  # a diverged LM: count it at the perplexity of a uniform guess, not drop it
-        metric = float(task.build().config.vocab_size) if not task.higher_is_better else 0.0
+        metric = task.chance if not task.higher_is_better else 0.0
     eps, znorm = probe_batch_efficiency(model, task) if not diverged else (math.nan, math.nan)
     return dict(metric=metric, eps=eps, znorm=znorm, diverged=diverged, train_s=train_s, curve=curve,
                 wall_s=time.perf_counter() - t0, tau_mean=sum(taus) / len(taus) if taus else None)
@@ -445,10 +445,7 @@ def lrmap_section(tasks: dict, results: list, preset: Preset, rho: float, seeds:
             continue
         task, hb = tasks[name], tasks[name].higher_is_better
         # on a common scale (accuracy, or log-perplexity), each value capped at chance / a uniform guess
-        if hb:
-            cap, scale = 1.0 / _n_classes(name), (lambda v: v)
-        else:
-            cap, scale = math.log(preset.tasks[name]["vocab"]), math.log
+        cap, scale = (task.chance, lambda v: v) if hb else (math.log(task.chance), math.log)
         means = {}
         for arm in lrmap_arms(task, rho):
             vals = {lr: [v for s, v in cell.get((name, lr, arm.name), {}).items() if s < seeds] for lr in preset.lrmap}
@@ -483,10 +480,6 @@ def lrmap_section(tasks: dict, results: list, preset: Preset, rho: float, seeds:
     return "\n".join(lines)
 
 
-def _n_classes(name: str) -> int:
-    return {"bbc": 5, "seq2seq": 18}.get(name, 10)
-
-
 def longer_section(tasks: dict, results: list, rho: float, factor: int, png: str | None) -> str:
     cell = cells(results)
     rows = []
@@ -496,8 +489,8 @@ def longer_section(tasks: dict, results: list, rho: float, factor: int, png: str
         task, hb = tasks[name], tasks[name].higher_is_better
         got = {}
         for arm in (plain(), penal(rho)):
-            for k, short in ((f"{arm.name} (longer)", False), (arm.name, True)):
-                lr = best_lr(cell, name, arm.name, task.lrs, hb)
+            lr = best_lr(cell, name, arm.name, task.lrs, hb)
+            for k, short in ((longer(arm, factor).name, False), (arm.name, True)):
                 vals = cell.get((name, lr, k), {})
                 if vals:
                     got[(arm.name, short)] = (lr, vals)

@@ -37,6 +37,7 @@ class Task:
     evaluate: Callable[[nn.Module], float]
     probe_batch: tuple
     optimizer: str  # "adamw" or "sgd"
+    chance: float  # the metric of a uniform guess: 1 / classes (accuracy), the vocabulary size (perplexity)
     weight_decay: float
     steps: int
     lrs: tuple
@@ -147,7 +148,7 @@ def _image_task(p: dict, name: str, build, description: str, optimizer: str, wei
 
     return Task(name=name, metric="test accuracy", description=description, build=build, train_batch=batch,
                 forward=lambda m, b: (m(b[0]), b[1]), evaluate=lambda m: _accuracy(m, Xte, yte),
-                probe_batch=(Xte[:256], yte[:256]), optimizer=optimizer, weight_decay=weight_decay,
+                probe_batch=(Xte[:256], yte[:256]), optimizer=optimizer, chance=0.1, weight_decay=weight_decay,
                 steps=p["steps"], lrs=p["lrs"], warmup=warmup, clip=clip)
 
 
@@ -221,7 +222,7 @@ def bbc_task(p: dict) -> Task:
         build=lambda variant=None: BertForSequenceClassification(config),
         train_batch=batch, forward=forward, evaluate=evaluate,
         probe_batch=(ids[te[:128]], mask[te[:128]], y[te[:128]]),
-        optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
+        optimizer="adamw", chance=1 / 5, weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
 
 
 def seq2seq_task(p: dict) -> Task:
@@ -276,7 +277,7 @@ def seq2seq_task(p: dict) -> Task:
                     f"{p['batch']}, {p['steps']} steps, warm-up 10% + cosine, grad clip 1.0",
         build=lambda variant=None: T5ForConditionalGeneration(config),
         train_batch=batch, forward=forward, evaluate=evaluate, probe_batch=(src_te[:256], tgt_te[:256]),
-        optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
+        optimizer="adamw", chance=1 / (n_sym + offset), weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
 
 
 @functools.cache
@@ -340,7 +341,7 @@ def _lm_task(p: dict, family: str) -> Task:
                     f"{p['steps']} steps of {p['batch']} × {seq}, warm-up 10% + cosine, grad clip 1.0",
         build=build, train_batch=batch, forward=lambda m, b: (m(input_ids=b[0]).logits, b[1]),
         evaluate=evaluate, probe_batch=(eval_x[:16], eval_y[:16]),
-        optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"],
+        optimizer="adamw", chance=float(p["vocab"]), weight_decay=0.01, steps=p["steps"], lrs=p["lrs"],
         variants=("qknorm",) if family == "llama" else ())
 
 
@@ -370,7 +371,7 @@ def finetune_task(p: dict) -> Task:
         build=lambda variant=None: AutoModelForSequenceClassification.from_pretrained(path, num_labels=5),
         train_batch=batch, forward=forward, evaluate=evaluate,
         probe_batch=(ids[te[:64]], mask[te[:64]], y[te[:64]]),
-        optimizer="adamw", weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
+        optimizer="adamw", chance=1 / 5, weight_decay=0.01, steps=p["steps"], lrs=p["lrs"])
 
 
 TASKS = {"bbc": bbc_task, "seq2seq": seq2seq_task, "lm_gpt2": functools.partial(_lm_task, family="gpt2"),
