@@ -35,6 +35,11 @@ def main(out_dir):
         json.dump(dict(world=acc.num_processes, synced=synced, taus=taus, single=calibrated_taus(single),
                        local_differs=any(abs(local[k] - taus[k]) > 1e-9 * abs(taus[k]) for k in taus)), f)
 
+    # leave the process group before exiting: gloo threads still alive at interpreter exit can abort a rank
+    # ("terminate called without an active exception"), seen once on a clean-clone run
+    acc.wait_for_everyone()
+    acc.end_training()
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

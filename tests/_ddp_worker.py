@@ -45,6 +45,11 @@ def main(out_dir, mode):
         json.dump(dict(world=acc.num_processes, rank=acc.process_index,
                        wrapped=wrapped, sites=len(hf_penal.sites(model))), f)
 
+    # leave the process group before exiting: gloo threads still alive at interpreter exit can abort a rank
+    # ("terminate called without an active exception"), seen once on a clean-clone run
+    acc.wait_for_everyone()
+    acc.end_training()
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

@@ -32,6 +32,11 @@ def main(out_dir):
     with open(os.path.join(out_dir, f"rank{acc.process_index}.json"), "w") as f:
         json.dump(record, f)
 
+    # leave the process group before exiting: gloo threads still alive at interpreter exit can abort a rank
+    # ("terminate called without an active exception"), seen once on a clean-clone run
+    acc.wait_for_everyone()
+    acc.end_training()
+
 
 if __name__ == "__main__":
     main(sys.argv[1])
