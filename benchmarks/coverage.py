@@ -458,7 +458,7 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
         rec["builds"] = True
         if library == "transformers":
             rec["class"] = type(model).__name__
-        from hf_penal.discovery import probe_inputs
+        from hf_penal.discovery.inputs import probe_inputs
         cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))
     except _Timeout:

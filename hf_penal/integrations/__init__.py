@@ -1,4 +1,5 @@
-"""Installs the `penal=` keyword into transformers' and timm's model constructors (done by `import hf_penal`)."""
+"""Installs the `penal=` keyword into transformers' and timm's model constructors, and registers their example-input
+builders for the generic probe (done by `import hf_penal`)."""
 from __future__ import annotations
 
 import os
@@ -65,6 +66,11 @@ def close_timm_names(name: str, n: int = 5) -> list[str]:
 
 
 def install_all() -> None:
+    """Install the `penal=` keyword into both libraries and register their example-input builders for the probe."""
+    from ..discovery import inputs
+    from . import timm_inputs, transformers_inputs
+    inputs.register(transformers_inputs.example_inputs, uses_dummy_inputs=True)
+    inputs.register(timm_inputs.example_inputs)
     from . import transformers as _tf
     _tf.install()
     from . import timm as _timm

@@ -1,20 +1,13 @@
-"""Residual sites: where a residual branch output z meets its skip, and how they are found.
-
-Discovery has two passes:
-
-1. the architecture table (`hf_penal.architectures`): block class name → branch-end submodules;
-2. for models with no table entry, a generic probe: one forward pass on example inputs (the user's, or built from a
-   transformers model's `main_input_name` and config, or a timm model's input size) under a TorchFunctionMode that
-   watches every tensor addition. An add inside a numbered layer, one of whose operands is the output z of a
-   submodule M while another existed before M started, is a residual add and M ends the branch. A chain of adds
-   counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per
-   branch), and values keep their identity through shape-only ops (view, permute, roll, pad, slicing: windowed
-   attention) and scaling by a constant. A probe that cannot run the model raises `ProbeFailedError`.
-"""
+"""The generic probe: one forward pass on example inputs (the user's, or those that `hf_penal.discovery.inputs`
+builds) under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer, one of whose
+operands is the output z of a submodule M while another existed before M started, is a residual add and M ends the
+branch. A chain of adds counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``,
+give one site per branch), and values keep their identity through shape-only ops (view, permute, roll, pad,
+slicing: windowed attention) and scaling by a constant. A probe that cannot run the model raises
+`ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -23,125 +16,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .architectures import INPLACE_ADD, NOTES, branches_for
+from .inputs import probe_inputs
+from .site import ProbeFailedError
 
-
-@dataclasses.dataclass(frozen=True)
-class ResidualSite:
-    """One residual branch.
-
-    name: qualified name of the submodule whose output is the branch output z.
-    block: qualified name of the module that owns the residual add.
-    kind: "attention", "cross_attention", "mlp" or "conv".
-    layer: qualified name of the layer the site belongs to (diagnostics aggregate per layer).
-    depth: index of that layer in model order (0-based); n_layers: number of layers with sites.
-    output_index: None if the module returns z, else z's index in the returned tuple.
-    inplace: the model modifies z in place after the module (the op then keeps a copy of z).
-    skip: where the residual modes find the skip input x (see `hf_penal.architectures`); None if unknown.
-    source: "table", "probe" or "user".
-    end: "" when z is the output of `name`; otherwise the module whose output is z, one module that ends several
-        branches (Phi's one `resid_dropout` after both the attention and the MLP): the site is the call of `end` that
-        follows `name`'s return, and `output_index` refers to `end`'s output. `name` is the branch's own module, so
-        each branch is one site with its own kind.
-    note: "" when the penalty is exactly on what the block adds; otherwise how it differs (a probed branch scaled
-        after the site, re-laid out with padding, or passing through a module shared with other calls).
-    """
-
-    name: str
-    block: str
-    kind: str
-    layer: str = ""
-    depth: int = 0
-    n_layers: int = 1
-    output_index: int | None = None
-    inplace: bool = False
-    skip: str | None = None
-    source: str = "table"
-    note: str = ""
-    end: str = ""
-
-
-class NoResidualSiteError(ValueError):
-    """Raised when no residual site can be found in a model."""
-
-
-# ------------------------------------------------------------------------------------------------------------ table
-def module_at(block: nn.Module, path: str) -> nn.Module | None:
-    """The submodule at a dotted `path` of `block` ("" is the block itself), or None."""
-    mod = block
-    for part in filter(None, path.split(".")):
-        mod = getattr(mod, part, None)
-        if not isinstance(mod, nn.Module):
-            return None
-    return mod
-
-
-def _resolve_path(block: nn.Module, path: str) -> str | None:
-    """The first of the table's ``a|b`` alternatives that exists in `block` (``a>e``: both `a` and `e` exist)."""
-    return next((alt for alt in path.split("|")
-                 if alt and all(p and module_at(block, p) is not None for p in alt.split(">"))), None)
-
-
-def _width(mod: nn.Module) -> int | None:
-    """Feature width of a module (its output features / channels / normalized size), or None."""
-    for attr in ("num_features", "out_features", "out_channels"):
-        v = getattr(mod, attr, None)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    shape = getattr(mod, "normalized_shape", None)
-    if isinstance(shape, (tuple, list)) and shape:
-        return int(shape[-1])
-    w = getattr(mod, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 1:
-        return int(w.numel())
-    return None
-
-
-def resolve_tensor_spec(block: nn.Module, spec: str) -> tuple[str, str] | None:
-    """The first ``how@path`` alternative of a table spec (``how@path|how@path``, see `hf_penal.architectures`) whose
-    module exists in `block`: (how the tensor is taken, module path relative to the block), or None."""
-    for alt in spec.partition("~")[0].split("|"):
-        how, _, path = alt.partition("@")
-        if module_at(block, path) is not None:
-            return how, path
-    return None
-
-
-def skip_input(block: nn.Module, spec: str) -> tuple[str, str, int | None]:
-    """Resolve a table skip spec (``how@path|...~width_path``) on one block: (how x is taken, module path relative
-    to the block, feature width or None). ValueError (field 'mode') when none of the alternatives exists."""
-    found = resolve_tensor_spec(block, spec)
-    if found is None:
-        raise ValueError(f"PenalConfig field 'mode': skip input {spec!r} not found in {type(block).__name__}")
-    how, path = found
-    width_paths = spec.partition("~")[2]
-    width = None
-    for wp in width_paths.split("|") if width_paths else [path]:
-        wmod = module_at(block, wp)
-        width = _width(wmod) if wmod is not None else None
-        if width is not None:
-            break
-    return how, path, width
-
-
-def _table_sites(model: nn.Module) -> list[dict]:
-    found = []
-    for bname, block in model.named_modules():
-        cls_name, branches = branches_for(type(block))
-        if branches is None:
-            continue
-        for path, index, kind, skip in branches:
-            rel = _resolve_path(block, path)
-            if rel is None:
-                continue
-            rel, _, end = rel.partition(">")
-            found.append(dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=kind, output_index=index,
-                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table",
-                              note=NOTES.get(cls_name, ""), end=f"{bname}.{end}" if bname and end else end))
-    return found
-
-
-# ------------------------------------------------------------------------------------------------------------ probe
 _ADD_NAMES = {"add", "__add__", "__radd__", "__iadd__", "add_"}
 # ops that move, copy or crop values without computing new ones: a branch output (and a skip) keeps its identity
 # through them, so windowed attention that partitions, pads, rolls and crops around the branch does not hide it
@@ -159,10 +36,6 @@ _SKIP_NAME = re.compile(r"shortcut|short_cut|downsample|skip|identity", re.I)
 _NOT_BRANCH_NAME = re.compile(r"^shared_experts?$|^shared_mlp$", re.I)
 
 
-class ProbeFailedError(NoResidualSiteError):
-    """Raised when the generic probe cannot run the model (the cause is chained)."""
-
-
 def _numbered(name: str) -> bool:
     return any(p.isdigit() for p in name.split("."))
 
@@ -178,7 +51,7 @@ def _kind_from_text(text: str) -> str | None:
     return None
 
 
-def _guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None,
+def guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.Module | None = None,
                 inner: Iterable[str] = ()) -> str:
     """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name,
     the names of the modules inside it that returned the same value (`inner`, e.g. the attention under a drop path).
@@ -378,7 +251,7 @@ class _AddWatcher(TorchFunctionMode):
             if size != numel:
                 notes.append(f"re-laid out after the site ({size} elements, {numel} added): the penalty also covers "
                              f"padding")
-            kind = _guess_kind(name, self.modules[name], owner, self.modules.get(owner),
+            kind = guess_kind(name, self.modules[name], owner, self.modules.get(owner),
                                [c[0] for c in reversed(chain[:k - 1 if end else k])])
             found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
                                         inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k),
@@ -401,116 +274,6 @@ class _AddWatcher(TorchFunctionMode):
                     and self.after.get(end, {None}) <= set(inner)):
                 split.update(tids)
         return split
-
-
-# ------------------------------------------------------------------------------------------------------ example inputs
-_BATCH, _SEQ = 2, 8
-
-
-def _size2(size, default: int) -> tuple[int, int]:
-    if isinstance(size, (list, tuple)) and size:
-        return (int(size[-2]), int(size[-1])) if len(size) >= 2 else (int(size[0]), int(size[0]))
-    if isinstance(size, dict):  # {"height": .., "width": ..} / {"shortest_edge": ..}
-        h = size.get("height") or size.get("shortest_edge") or default
-        return int(h), int(size.get("width") or h)
-    return (int(size), int(size)) if isinstance(size, int) and size > 0 else (default, default)
-
-
-def _sub(cfg, *names):
-    for n in names:
-        sub = getattr(cfg, n, None)
-        if sub is not None and not isinstance(sub, (int, float, str, list, dict)):
-            return sub
-    return cfg
-
-
-def _token_ids(cfg, n: int = _SEQ) -> torch.Tensor:
-    vocab = int(getattr(cfg, "vocab_size", None) or 100)
-    special = {v for k, v in vars(cfg).items() if isinstance(v, int) and ("token" in k or k.endswith("_index"))}
-    pool = [i for i in range(3, min(vocab, 3 + n * _BATCH + len(special) + 8)) if i not in special] or [0]
-    return torch.tensor([pool[i % len(pool)] for i in range(_BATCH * n)]).reshape(_BATCH, n)
-
-
-def _pixels(cfg) -> torch.Tensor:
-    v = _sub(cfg, "vision_config", "backbone_config", "encoder")
-    h, w = _size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), 32)
-    c = int(getattr(v, "num_channels", None) or getattr(cfg, "num_channels", None) or 3)
-    frames = getattr(v, "num_frames", None)
-    shape = (_BATCH, int(frames), c, h, w) if isinstance(frames, int) and frames > 0 else (_BATCH, c, h, w)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
-
-
-def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
-    a = _sub(cfg, "audio_config", "encoder_config")
-    g = torch.Generator().manual_seed(0)
-    if name == "input_values":
-        out = [torch.randn(_BATCH, 16000, generator=g)]  # 1 s at 16 kHz: long enough for masking
-        mel = getattr(a, "num_mel_bins", None)
-        if mel:  # spectrogram transformers (AST) take input_values as (batch, frames, mel bins)
-            out.insert(0, torch.randn(_BATCH, int(getattr(a, "max_length", 0) or 64), int(mel), generator=g))
-        chans = int(getattr(a, "audio_channels", None) or 1)  # codecs (EnCodec, DAC): (batch, channels, samples)
-        out.append(torch.randn(_BATCH, chans, 16000, generator=g))
-        return out
-    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
-    frames = 2 * int(getattr(a, "max_source_positions", 0) or 32)
-    per_channel = getattr(a, "input_feat_per_channel", None)
-    width = int(per_channel) * int(getattr(a, "input_channels", 1) or 1) if per_channel else mel
-    return [torch.randn(_BATCH, mel, frames, generator=g), torch.randn(_BATCH, frames, width, generator=g)]
-
-
-def _transformers_inputs(model: nn.Module) -> list[dict]:
-    """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
-    the config's image size and channels, audio features or samples), with pixel values and token ids too where
-    the forward takes them (multimodal models), and decoder ids for encoder-decoders."""
-    cfg = model.config
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    main = getattr(model, "main_input_name", "input_ids") or "input_ids"
-    text = _sub(cfg, "text_config", "decoder", "text_encoder")
-    make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
-            "input_features": lambda: _audio_alternatives(cfg, "input_features"),
-            "input_values": lambda: _audio_alternatives(cfg, "input_values")}
-    extra = {}
-    if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
-        extra["decoder_input_ids"] = _token_ids(_sub(cfg, "decoder", "text_config"), 4)
-    if "use_cache" in params:  # no cache objects: hybrid (linear-attention) caches refuse some queries
-        extra["use_cache"] = False
-    mains = make[main]() if main in make else []
-    others = {n: make[n]()[0] for n in ("input_ids", "pixel_values") if n != main and n in params}
-    cands = [{main: m, **others, **extra} for m in mains] if others else []
-    cands += [{main: m, **extra} for m in mains]
-    cands += [{n: v, **extra} for n, v in others.items()]
-    dummy = getattr(model, "dummy_inputs", None)
-    if isinstance(dummy, dict) and dummy:  # the model's own (token ids, plus whatever it adds)
-        cands.append(dict(dummy))
-    return cands
-
-
-def _timm_inputs(model: nn.Module) -> list[tuple]:
-    sizes = []
-    pe = getattr(model, "patch_embed", None)
-    if getattr(pe, "img_size", None) is not None:
-        sizes.append((int(getattr(pe, "in_chans", 0) or getattr(getattr(pe, "proj", None), "in_channels", 3)),
-                      *_size2(pe.img_size, 224)))
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict) and cfg.get("input_size"):
-            sizes.append(tuple(cfg["input_size"]))
-    g = torch.Generator().manual_seed(0)
-    return [((torch.randn(_BATCH, *s, generator=g),), {}) for s in dict.fromkeys(sizes)]
-
-
-def probe_inputs(model: nn.Module) -> list[tuple]:
-    """Candidate (args, kwargs) for the probe's forward pass, tried in order."""
-    if hasattr(model, "config") and hasattr(model.config, "to_dict") and hasattr(model, "main_input_name"):
-        return [((), kw) for kw in _transformers_inputs(model)]
-    cands = _timm_inputs(model)
-    dummy = getattr(model, "dummy_inputs", None)
-    if isinstance(dummy, dict) and dummy:
-        cands.insert(0, ((), dict(dummy)))
-    return cands
 
 
 def _as_call(example_inputs: Any) -> tuple:
@@ -604,69 +367,3 @@ def branch_candidates(model: nn.Module, example_inputs: Any = None) -> list[str]
     names = watcher.candidates or watcher.loose
     return sorted((n for n in names if n in order and not isinstance(watcher.modules[n], _NOT_BRANCH)),
                   key=order.__getitem__)
-
-
-# ------------------------------------------------------------------------------------------------------------ layers
-def _layer_of(model: nn.Module, block: str, modules: dict) -> str:
-    parts = block.split(".")
-    # T5-style sub-layers (`block.3.layer.1`): the layer is the numbered module holding the ModuleList
-    if len(parts) >= 3 and parts[-1].isdigit():
-        parent = ".".join(parts[:-1])
-        grand = ".".join(parts[:-2])
-        if isinstance(modules.get(parent), nn.ModuleList) and grand and grand.split(".")[-1].isdigit():
-            return grand
-    return block
-
-
-def _as_sites(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
-    modules = dict(model.named_modules())
-    layers: list[str] = []
-    for s in raw:
-        lay = _layer_of(model, s["block"], modules)
-        s["layer"] = lay
-        if lay not in layers:
-            layers.append(lay)
-    return [ResidualSite(depth=layers.index(s["layer"]), n_layers=len(layers), **s) for s in raw]
-
-
-def _stacks_outside(model: nn.Module, blocks: set[str]) -> bool:
-    """Whether the model has a ModuleList of layers none of which is, holds or lies in a table block (a vision or
-    audio tower next to a text tower the table knows, a detection transformer next to a table backbone)."""
-    def related(name):
-        return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
-    return any(isinstance(m, nn.ModuleList) and len(m) > 0 and not related(n)
-               and not any(related(f"{n}.{i}" if n else i) for i, _ in m.named_children())
-               for n, m in model.named_modules())
-
-
-def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) -> list[ResidualSite]:
-    """All residual sites of a model, in model order: the table's, and the generic probe's outside the table's blocks
-    (the probe runs when no table block is found, or when some stack of layers holds none). A probe that cannot run
-    the model raises `ProbeFailedError` when the table found nothing (``strict=False``: finds nothing instead)."""
-    raw = _table_sites(model)
-    blocks = {s["block"] for s in raw}
-    if not raw or _stacks_outside(model, blocks):
-        try:
-            probed = probe_sites(model, example_inputs)
-        except ProbeFailedError:
-            if strict and not raw:
-                raise
-            probed = []
-        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".")
-                                           or s["name"].startswith(b + ".") for b in blocks)]
-        if probed and len(inside) < len(probed):
-            order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-            raw = sorted(raw + [s for s in probed if s not in inside], key=lambda s: order[s["name"]])
-    return _as_sites(model, raw)
-
-
-def user_sites(model: nn.Module, names: Iterable[str]) -> list[ResidualSite]:
-    """Sites from explicit module names (for architectures discovery cannot handle)."""
-    modules = dict(model.named_modules())
-    raw = []
-    for n in names:
-        if n not in modules:
-            raise ValueError(f"sites: {n!r} is not a submodule of the model")
-        raw.append(dict(name=n, block=n.rsplit(".", 1)[0] if "." in n else "", kind=_guess_kind(n, modules[n]),
-                        output_index=None, inplace=True, skip=None, source="user"))
-    return _as_sites(model, raw)
