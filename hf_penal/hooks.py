@@ -84,6 +84,35 @@ class ArmHook:
         self.end.armed = (module if self.host is None else self.host, self.suffix)
 
 
+def first_input(args: tuple, kwargs: dict) -> tuple[int | str | None, torch.Tensor | None]:
+    """Where a forward call's first input is: (0, args[0]), else the ``hidden_states`` / ``x`` keyword or the first
+    tensor keyword, as (keyword, tensor); (None, None) when the call has no tensor input."""
+    if args:
+        return 0, args[0]
+    for key in ("hidden_states", "x"):
+        if key in kwargs:
+            return key, kwargs[key]
+    return next(((k, v) for k, v in kwargs.items() if torch.is_tensor(v)), (None, None))
+
+
+def taken(how: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The tensor an input `Take` (`hf_penal.architectures`; ``how`` "input" or "input_tensor") names in a forward
+    call's ``(args, kwargs)``, or None: the one "take this tensor from the call" rule of every capture hook."""
+    x = (args[1] if len(args) > 1 else kwargs.get("input_tensor")) if how == "input_tensor" else \
+        first_input(args, kwargs)[1]
+    return x if torch.is_tensor(x) else None
+
+
+def with_first_input(args: tuple, kwargs: dict, value) -> tuple[tuple, dict] | None:
+    """``(args, kwargs)`` with the first input (`first_input`) replaced by `value`; None when there is none."""
+    key, _ = first_input(args, kwargs)
+    if key is None:
+        return None
+    if key == 0:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, key: value}
+
+
 class SkipInputCapture:
     """Forward pre-hook (with kwargs) handing the skip input x to a mode: the block's ``input_tensor`` argument
     (``how="input_tensor"``), else the module's first input."""
@@ -92,15 +121,7 @@ class SkipInputCapture:
         self.mode, self.how = mode, how
 
     def __call__(self, module, args, kwargs):
-        if self.how == "input_tensor":
-            x = args[1] if len(args) > 1 else kwargs["input_tensor"]
-        elif args:
-            x = args[0]
-        else:
-            x = kwargs.get("hidden_states", kwargs.get("x"))
-            if x is None:
-                x = next(v for v in kwargs.values() if torch.is_tensor(v))
-        self.mode.take_skip_input(x)
+        self.mode.take_skip_input(taken(self.how, args, kwargs))
 
 
 class ShortcutCapture:
@@ -155,6 +176,71 @@ def detach_skip_capture(model: nn.Module) -> None:
         remove_hooks(mod, _CAPTURES)
         if isinstance(mod, ResidualMode):
             mod.drop_pending()
+
+
+# ------------------------------------------------------------------------------------- storage_dtype="recompute"
+# `state` is the site's `hf_penal.recompute` state: ``x`` (the captured skip input), ``pending`` (z waiting for its
+# sum) and ``swap(y)`` (y routed through the node that recomputes z in backward).
+class RecomputeXCapture:
+    """Forward pre-hook (prepended, so it sees the original inputs) recording the skip input x."""
+
+    def __init__(self, state, how: str):
+        self.state, self.how = state, how
+
+    def __call__(self, module, args, kwargs):
+        if not (torch.is_grad_enabled() and module.training) or torch.compiler.is_compiling():
+            return None
+        self.state.x = taken(self.how, args, kwargs)
+        return None
+
+
+class SumInputHook:
+    """Forward pre-hook on the module that consumes y = x + z as its first input: routes y through ``state.swap``."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __call__(self, module, args, kwargs):
+        if self.state.pending is None and self.state.x is None:
+            return None
+        _, y = first_input(args, kwargs)
+        if y is None:
+            self.state.swap(None)  # unknown call signature: the stored path
+            return None
+        return with_first_input(args, kwargs, self.state.swap(y))
+
+
+class SumOutputHook:
+    """Forward hook on the module whose output (element 0 of a tuple) is y = x + z: routes y through ``state.swap``."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __call__(self, module, args, output):
+        if self.state.pending is None and self.state.x is None:
+            return None
+        if isinstance(output, tuple) and output:
+            return (self.state.swap(output[0]), *output[1:])
+        return self.state.swap(output)
+
+
+_RECOMPUTE = (RecomputeXCapture, SumInputHook, SumOutputHook)
+
+
+def hook_recompute(state, x_module: nn.Module, x_how: str, y_module: nn.Module, y_how: str) -> None:
+    """Register a recompute site's hooks: x taken (`x_how`) at `x_module`, y at `y_module` (its first input, or its
+    output for ``y_how="output"``)."""
+    x_module.register_forward_pre_hook(RecomputeXCapture(state, x_how), with_kwargs=True, prepend=True)
+    if y_how == "output":
+        y_module.register_forward_hook(SumOutputHook(state))
+    else:
+        y_module.register_forward_pre_hook(SumInputHook(state), with_kwargs=True)
+
+
+def unhook_recompute(model: nn.Module) -> None:
+    """Remove every recompute hook from the model."""
+    for mod in model.modules():
+        remove_hooks(mod, _RECOMPUTE)
 
 
 def remove_hooks(module: nn.Module, kinds: tuple) -> None:

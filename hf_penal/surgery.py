@@ -26,7 +26,7 @@ from torch import nn
 from . import persistence, recompute
 from .config import SITE_KEYWORDS, PenalConfig, check_tau, effective_config, resolve_config
 from .depth import depth_factor
-from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
+from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
 from .hooks import CONNECTION, MODE, attach_skip_capture, detach_skip_capture, hook_site, unhook_site
 from .modes import create_mode, mode_settings
 from .ops import PenalConnection
@@ -232,24 +232,24 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
 def _mode_modules(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, previous=None) -> dict | None:
     """One residual-mode module per site ({site name: module}), placed where the table says each site's skip input
     x lives; None for mode="identity". Raises ValueError (field 'mode') before the model is touched when a site's
-    skip input is unknown (sites from the generic probe or given by name)."""
+    skip input is unknown (sites from the generic probe, given by name, or with no x in their block's record)."""
     if cfg.mode == "identity":
         return None
     unknown = [s.name for s in chosen if not s.skip]
     if unknown:
         raise ValueError(
             f"PenalConfig field 'mode': mode={cfg.mode!r} rewrites the residual add, so hf_penal must know where each "
-            f"site's skip input x comes from; it knows that only for blocks in hf_penal.architectures.BRANCHES, and "
-            f"{len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe or given by name. Use "
-            f"mode='identity' (penal only) for this model, or add its block class to the table with an x_path.")
+            f"site's skip input x comes from; it knows that only for the branches of hf_penal.architectures.BLOCKS "
+            f"that record their x, and {len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe, "
+            f"given by name or have no x recorded. Use mode='identity' (penal only) for this model, or record its "
+            f"block class in the table with each branch's x.")
     modules = dict(model.named_modules())
     plan = []
     for s in chosen:
-        how, path, width = skip_input(modules[s.block], s.skip)
-        if width is None and cfg.mode != "scaled":
+        if s.width is None and cfg.mode != "scaled":
             raise ValueError(f"PenalConfig field 'mode': cannot tell the feature width at site {s.name!r} "
-                             f"(skip spec {s.skip!r})")
-        plan.append((s, how, ".".join(p for p in (s.block, path) if p), width))
+                             f"(skip input x: {s.skip.how} of {s.skip.path or 'the block'!r})")
+        plan.append((s, s.skip.how, ".".join(p for p in (s.block, s.skip.path) if p), s.width))
     out = {}
     for s, how, at, width in plan:
         if previous and s.name in previous:  # same mode settings as before: keep the trained LN parameters / M
