@@ -1,11 +1,14 @@
 """The forward hooks hf_penal puts on a model, and their removal: the one place that edits torch's hook dicts.
 
 * `SiteHook`, on a branch-end module: routes the branch output z through the site's penal connection and, with a
-  residual mode, hands it to the mode module (which may rewrite it into z' = y − x).
+  residual mode, hands it to the site's `Rendezvous` (which may rewrite it into z' = y − x with the mode layer).
 * `SharedEndHook` + `ArmHook`, where one module ends several branches (a site's ``end``): the branch module that
   returned last owns the shared module's next call.
 * `SkipInputCapture` / `ShortcutCapture`, where the architecture table says a block's skip input x lives: hand x to
-  the mode module (or rewrite a shortcut computed after the branch into x' = y − z).
+  the `Rendezvous` (or rewrite a shortcut computed after the branch into x' = y − z).
+* `RecomputeXCapture`, `SumInputHook` / `SumOutputHook` for ``storage_dtype="recompute"`` (`hf_penal.recompute`).
+
+`taken` / `first_input` are the one rule for taking a tensor from a forward call.
 
 Every hook is a small picklable object (no closures), so deepcopy and pickle carry it. torch returns a handle per
 hook, but handles do not survive deepcopy or pickle, so hooks are found again by their type when removed.
@@ -21,31 +24,68 @@ CONNECTION = "penal_connection"  # child name of a site's PenalConnection
 MODE = "residual_mode"  # child name of a site's residual-mode module
 
 
+class Rendezvous:
+    """Where a site's skip input x and branch output z meet in one forward pass, so that its residual mode (the
+    pure layer `mode`) can rewrite whichever arrives second: z into z' = y − x, or, where the shortcut runs after the
+    branch (``x_first`` False), the shortcut's output into x' = y − z. The pending tensor is consumed at once, so
+    repeated calls of a block and gradient-checkpointing recomputes see fresh values; it never travels with a copy."""
+
+    def __init__(self, mode: ResidualMode, site: str, x_first: bool = True):
+        self.mode, self.site, self.x_first = mode, site, x_first
+        self.pending = None
+
+    def skip_input(self, x: torch.Tensor | None) -> None:
+        self.pending = x
+
+    def branch_output(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.x_first:
+            self.pending = z
+            return z
+        x, self.pending = self.pending, None
+        if x is None:
+            raise RuntimeError(f"hf_penal: residual mode at {self.site!r} got the branch output before its skip input; "
+                               f"the block no longer runs as hf_penal.architectures describes")
+        return self.mode.branch_delta(x, z)
+
+    def shortcut_output(self, x: torch.Tensor) -> torch.Tensor:
+        z, self.pending = self.pending, None
+        if z is None:
+            raise RuntimeError(f"hf_penal: residual mode at {self.site!r} got the shortcut before the branch output; "
+                               f"the block no longer runs as hf_penal.architectures describes")
+        return self.mode.skip_delta(x, z)
+
+    def __getstate__(self):
+        return {**self.__dict__, "pending": None}
+
+
 class SiteHook:
     """Forward hook at a branch-end module: z → connection(z) → mode. The penalty is on z, the branch output,
     whatever the mode. `host`: the module holding the connection / mode children (None: the hooked module itself);
-    `suffix`: appended to their names when the host is the parent of a container branch."""
+    `suffix`: appended to their names when the host is the parent of a container branch; `join`: the site's
+    `Rendezvous` with its skip input (None: no residual mode)."""
 
-    def __init__(self, index: int | None, host: nn.Module | None = None, suffix: str = ""):
+    def __init__(self, index: int | None, host: nn.Module | None = None, suffix: str = "",
+                 join: Rendezvous | None = None):
         self.index = index
         self.host = host
         self.suffix = suffix
+        self.join = join
 
     def __call__(self, module, args, output):
-        return _route(output, self.index, module if self.host is None else self.host, self.suffix)
+        return _route(output, self.index, module if self.host is None else self.host, self.suffix, self.join)
 
 
-def _route(output, index: int | None, host: nn.Module, suffix: str):
-    """`output` with z (at `index`) routed through the connection and mode that `host` holds under `suffix`."""
+def _route(output, index: int | None, host: nn.Module, suffix: str, join: Rendezvous | None):
+    """`output` with z (at `index`) routed through the connection that `host` holds under `suffix`, then the site's
+    residual mode (`join`)."""
     conn = host._modules.get(CONNECTION + suffix)
-    mode = host._modules.get(MODE + suffix)
     if index is None and isinstance(output, (tuple, list)):
         index = 0
     z = output if index is None else output[index]
     if conn is not None and conn.training:
         z = conn(z)
-    if mode is not None:
-        z = mode.take_branch_output(z)
+    if join is not None:
+        z = join.branch_output(z)
     if index is None:
         return z
     out = list(output)
@@ -61,7 +101,7 @@ class SharedEndHook:
 
     def __init__(self, index: int | None):
         self.index = index
-        self.armed = None  # (host, suffix) of the branch whose module returned last
+        self.armed = None  # (host, suffix, join) of the branch whose module returned last
 
     def __call__(self, module, args, output):
         armed, self.armed = self.armed, None
@@ -75,13 +115,14 @@ class SharedEndHook:
 
 class ArmHook:
     """Forward hook on a branch's own module whose z is taken at a shared module called after it: marks the next
-    call of that module (`SharedEndHook`) as this branch's. `host`/`suffix` as in `SiteHook`."""
+    call of that module (`SharedEndHook`) as this branch's. `host`/`suffix`/`join` as in `SiteHook`."""
 
-    def __init__(self, end: SharedEndHook, host: nn.Module | None = None, suffix: str = ""):
-        self.end, self.host, self.suffix = end, host, suffix
+    def __init__(self, end: SharedEndHook, host: nn.Module | None = None, suffix: str = "",
+                 join: Rendezvous | None = None):
+        self.end, self.host, self.suffix, self.join = end, host, suffix, join
 
     def __call__(self, module, args, output):
-        self.end.armed = (module if self.host is None else self.host, self.suffix)
+        self.end.armed = (module if self.host is None else self.host, self.suffix, self.join)
 
 
 def first_input(args: tuple, kwargs: dict) -> tuple[int | str | None, torch.Tensor | None]:
@@ -114,39 +155,39 @@ def with_first_input(args: tuple, kwargs: dict, value) -> tuple[tuple, dict] | N
 
 
 class SkipInputCapture:
-    """Forward pre-hook (with kwargs) handing the skip input x to a mode: the block's ``input_tensor`` argument
-    (``how="input_tensor"``), else the module's first input."""
+    """Forward pre-hook (with kwargs) handing the skip input x to a site's `Rendezvous`: the block's ``input_tensor``
+    argument (``how="input_tensor"``), else the module's first input."""
 
-    def __init__(self, mode: ResidualMode, how: str):
-        self.mode, self.how = mode, how
+    def __init__(self, join: Rendezvous, how: str):
+        self.join, self.how = join, how
 
     def __call__(self, module, args, kwargs):
-        self.mode.take_skip_input(taken(self.how, args, kwargs))
+        self.join.skip_input(taken(self.how, args, kwargs))
 
 
 class ShortcutCapture:
     """Forward hook on a shortcut module that runs after the branch: rewrites its output x into y − z."""
 
-    def __init__(self, mode: ResidualMode):
-        self.mode = mode
+    def __init__(self, join: Rendezvous):
+        self.join = join
 
     def __call__(self, module, args, output):
-        return self.mode.take_shortcut_output(output)
+        return self.join.shortcut_output(output)
 
 
 def hook_site(module: nn.Module, index: int | None, host: nn.Module | None = None, suffix: str = "",
-              end: nn.Module | None = None) -> None:
+              end: nn.Module | None = None, join: Rendezvous | None = None) -> None:
     """Route a site's z through its connection / mode: a `SiteHook` on its branch-end `module`, or, when z is the
     output of a module `end` that ends several branches, an `ArmHook` on `module` and one `SharedEndHook` on `end`
     (shared by the sites that end there)."""
     if end is None:
-        module.register_forward_hook(SiteHook(index, host, suffix))
+        module.register_forward_hook(SiteHook(index, host, suffix, join))
         return
     shared = next((h for h in end._forward_hooks.values() if isinstance(h, SharedEndHook)), None)
     if shared is None:
         shared = SharedEndHook(index)
         end.register_forward_hook(shared)
-    module.register_forward_hook(ArmHook(shared, host, suffix))
+    module.register_forward_hook(ArmHook(shared, host, suffix, join))
 
 
 def unhook_site(module: nn.Module, end: nn.Module | None = None) -> None:
@@ -159,23 +200,19 @@ def unhook_site(module: nn.Module, end: nn.Module | None = None) -> None:
 _CAPTURES = (SkipInputCapture, ShortcutCapture)
 
 
-def attach_skip_capture(model: nn.Module, modes: dict[str, ResidualMode]) -> None:
-    """Register the capture hook of each mode module at its ``skip_at`` = (module name, how)."""
-    modules = dict(model.named_modules())
-    for mode in modes.values():
-        at, how = mode.skip_at
-        if how == "output":
-            modules[at].register_forward_hook(ShortcutCapture(mode))
-        else:
-            modules[at].register_forward_pre_hook(SkipInputCapture(mode, how), with_kwargs=True)
+def hook_skip(module: nn.Module, how: str, join: Rendezvous) -> None:
+    """Hand a site's skip input x, taken at `module` as `how` says (a `Take` of `hf_penal.architectures`), to its
+    `Rendezvous`: the module's input (pre-hook), or its output where the shortcut runs after the branch."""
+    if how == "output":
+        module.register_forward_hook(ShortcutCapture(join))
+    else:
+        module.register_forward_pre_hook(SkipInputCapture(join, how), with_kwargs=True)
 
 
-def detach_skip_capture(model: nn.Module) -> None:
-    """Remove every capture hook (and any pending tensor) from the model."""
+def unhook_skips(model: nn.Module) -> None:
+    """Remove every skip-input capture hook (and its rendezvous) from the model."""
     for mod in model.modules():
         remove_hooks(mod, _CAPTURES)
-        if isinstance(mod, ResidualMode):
-            mod.drop_pending()
 
 
 # ------------------------------------------------------------------------------------- storage_dtype="recompute"
