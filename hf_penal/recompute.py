@@ -6,11 +6,11 @@ two norms save them). At such a site the penalty needs no memory of its own:
 
 * the branch end routes z through `_DeferredPenal`, which saves nothing (its backward adds τ·z like the stored op);
 * a hook (`hf_penal.hooks`) where y is consumed (the input of the norm that follows the add, or the block's output,
-  as the block's record says: ``Branch.sum``) checks from the
-  autograd graph that y really is ``x + z`` (an ``AddBackward0`` whose inputs are the penal node and x, same shape)
-  and routes y through `_SumNode`, which saves y and x with ``save_for_backward`` (the same storages the norms save,
-  so no new memory) and, in backward, hands ``y − x`` to the branch end's node. `_SumNode` sits downstream of the
-  branch end, so its backward always runs first.
+  as the block's record says: ``Branch.sum``) checks from the autograd graph that y really is ``x + z`` (an
+  ``AddBackward0`` whose inputs are the penal node and x, same shape) and routes y through `_SumNode`, which saves
+  y and x with ``save_for_backward`` (the same storages the norms save, so no new memory) and, in backward, hands
+  ``y − x`` to the branch end's node. `_SumNode` sits downstream of the branch end, so its backward always runs
+  first.
 
 Where that is not safe the connection falls back to storing z, per site and per forward pass:
 
@@ -104,7 +104,8 @@ def _is_sum(y, node, x) -> bool:
 
 # ------------------------------------------------------------------------------------------------------------ state
 class _SumSite:
-    """Per-site state between the hooks of one forward pass. Picklable (no closures)."""
+    """Per-site state between the hooks of one forward pass (`hf_penal.hooks`: ``x`` is set by the x capture, ``swap``
+    called where y is consumed). Picklable (no closures)."""
 
     def __init__(self, switches: list):
         # modules whose `gradient_checkpointing` (transformers layers) or `grad_checkpointing` (timm models) turns
