@@ -12,12 +12,12 @@ z = F(x), each mode computes y:
 LN and M act on the feature dimension: the hidden size for token sites, channels (per pixel, a 1×1 mixing) for
 convolutional sites.
 
-Mechanism (no forward is replaced): the model still computes ``x + z'`` itself. A capture hook (`hf_penal.hooks`)
-records x where the architecture table says it lives (`hf_penal.architectures`: the input of the branch's pre-norm,
-BERT's ``input_tensor``, timm ResNet's ``downsample`` output, ...), and the site hook hands the mode z. Whichever of
-the two arrives second gets rewritten: usually z, into z' = y − x; where the shortcut is computed after the branch
-(timm ResNet ``downsample``, ConvNeXt ``shortcut``) the shortcut's output, into x' = y − z. The pending tensor is
-consumed at once, so repeated calls of a block and gradient-checkpointing recomputes see fresh values.
+Mechanism (no forward is replaced; the hooks live in `hf_penal.hooks`): the model still computes ``x + z'`` itself.
+A capture hook records x where the architecture table says it lives (`hf_penal.architectures`: the input of the
+branch's pre-norm, BERT's ``input_tensor``, timm ResNet's ``downsample`` output, ...), and the site hook hands z to
+the same rendezvous. Whichever of the two arrives second gets rewritten: usually z, into z' = y − x
+(`branch_delta`); where the shortcut is computed after the branch (timm ResNet ``downsample``, ConvNeXt
+``shortcut``) the shortcut's output, into x' = y − z (`skip_delta`). The modules here are pure layers.
 
 Each mode is a small module whose ``forward(x, z)`` is the formula above; `MODE_CLASSES` maps config names to classes;
 `create_mode` builds one from a `PenalConfig`. Fixed entangled matrices are non-persistent buffers rebuilt from the
@@ -49,20 +49,14 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------------------------------ modules
 class ResidualMode(nn.Module):
-    """Base class: ``forward(x, z) -> y``, plus the rendezvous of x and z used by the hooks.
+    """Base class: ``forward(x, z) -> y``, and the two rewrites the hooks use to make the model's own add give y.
 
     channel_dim: the feature dimension LN / M act on (-1 for tokens, 1 for NCHW feature maps).
     """
 
-    _pending: torch.Tensor | None = None  # x (or z) waiting for its partner; never pickled or copied
-
     def __init__(self, channel_dim: int = -1):
         super().__init__()
         self.channel_dim = channel_dim
-        # where the model wiring puts this module (set by the surgery that builds it):
-        self.site = ""  # the site's name
-        self.skip_at: tuple[str, str] = ("", "")  # (module name, how) where the skip input x is captured
-        self.x_first = True  # False where the shortcut is computed after the branch
 
     @classmethod
     def from_config(cls, cfg, num_features: int, channel_dim: int = -1, site: str = "") -> ResidualMode:
@@ -79,35 +73,6 @@ class ResidualMode(nn.Module):
     def skip_delta(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x' with x' + z = y (what the shortcut must output)."""
         return self(x, z) - z
-
-    # rendezvous ------------------------------------------------------------------------------------------------
-    def take_skip_input(self, x: torch.Tensor) -> None:
-        self._pending = x
-
-    def take_branch_output(self, z: torch.Tensor) -> torch.Tensor:
-        if not self.x_first:
-            self._pending = z
-            return z
-        x, self._pending = self._pending, None
-        if x is None:
-            raise RuntimeError(f"hf_penal: residual mode at {self.site!r} got the branch output before its skip input; "
-                               f"the block no longer runs as hf_penal.architectures describes")
-        return self.branch_delta(x, z)
-
-    def drop_pending(self) -> None:
-        self._pending = None
-
-    def take_shortcut_output(self, x: torch.Tensor) -> torch.Tensor:
-        z, self._pending = self._pending, None
-        if z is None:
-            raise RuntimeError(f"hf_penal: residual mode at {self.site!r} got the shortcut before the branch output; "
-                               f"the block no longer runs as hf_penal.architectures describes")
-        return self.skip_delta(x, z)
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_pending", None)
-        return state
 
 
 class ScaledSkip(ResidualMode):

@@ -5,8 +5,13 @@ Settings live beside the model's own configuration, so that saving the model sav
 penal connection adds no weights, so these entries are all that distinguishes a penalized checkpoint.
 
 "Loaded with weights?" decides whether a residual mode's change of the forward function deserves a warning (the
-default strength ρ is the same for both): the integrations record it when they build the
-model (`mark_pretrained`); for a model built by hand, a transformers config's ``_name_or_path`` stands in.
+default strength ρ is the same for both). Where it is known it is an argument (``apply(..., pretrained=)``: the
+integrations pass it). It is also recorded on the model when an integration builds it (`mark_pretrained`), for one
+case only: a model loaded without penal settings and given a mode later by ``hf_penal.apply(model, mode=...)``.
+Neither library keeps the fact itself (transformers' `from_config` of a config read from a checkpoint folder sets
+``_name_or_path`` like `from_pretrained`; timm sets ``pretrained_cfg`` with or without weights), so without the
+record that call would warn for random weights and stay silent for loaded ones. For a model built by hand, a
+transformers config's ``_name_or_path`` stands in.
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ from torch import nn
 from . import persistence, recompute
 from .config import SITE_KEYWORDS, PenalConfig, check_tau, effective_config, resolve_config
 from .depth import depth_factor
-from .discovery import NoResidualSiteError, ResidualSite, discover, skip_input, user_sites
-from .hooks import CONNECTION, MODE, attach_skip_capture, detach_skip_capture, hook_site, unhook_site
+from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
+from .hooks import CONNECTION, MODE, Rendezvous, hook_site, hook_skip, unhook_site, unhook_skips
 from .modes import create_mode, mode_settings
 from .ops import PenalConnection
 
@@ -232,34 +232,31 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
 def _mode_modules(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, previous=None) -> dict | None:
     """One residual-mode module per site ({site name: module}), placed where the table says each site's skip input
     x lives; None for mode="identity". Raises ValueError (field 'mode') before the model is touched when a site's
-    skip input is unknown (sites from the generic probe or given by name)."""
+    skip input is unknown (sites from the generic probe, given by name, or with no x in their block's record)."""
     if cfg.mode == "identity":
         return None
     unknown = [s.name for s in chosen if not s.skip]
     if unknown:
         raise ValueError(
             f"PenalConfig field 'mode': mode={cfg.mode!r} rewrites the residual add, so hf_penal must know where each "
-            f"site's skip input x comes from; it knows that only for blocks in hf_penal.architectures.BRANCHES, and "
-            f"{len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe or given by name. Use "
-            f"mode='identity' (penal only) for this model, or add its block class to the table with an x_path.")
+            f"site's skip input x comes from; it knows that only for the branches of hf_penal.architectures.BLOCKS "
+            f"that record their x, and {len(unknown)} site(s) (e.g. {unknown[:3]}) were found by the generic probe, "
+            f"given by name or have no x recorded. Use mode='identity' (penal only) for this model, or record its "
+            f"block class in the table with each branch's x.")
     modules = dict(model.named_modules())
-    plan = []
     for s in chosen:
-        how, path, width = skip_input(modules[s.block], s.skip)
-        if width is None and cfg.mode != "scaled":
+        if s.width is None and cfg.mode != "scaled":
             raise ValueError(f"PenalConfig field 'mode': cannot tell the feature width at site {s.name!r} "
-                             f"(skip spec {s.skip!r})")
-        plan.append((s, how, ".".join(p for p in (s.block, path) if p), width))
+                             f"(skip input x: {s.skip.how} of {s.skip.path or 'the block'!r})")
     out = {}
-    for s, how, at, width in plan:
+    for s in chosen:
         if previous and s.name in previous:  # same mode settings as before: keep the trained LN parameters / M
             out[s.name] = previous[s.name]
             continue
-        mode = create_mode(cfg, width or 0, channel_dim=1 if s.kind == "conv" else -1, site=s.name)
+        mode = create_mode(cfg, s.width or 0, channel_dim=1 if s.kind == "conv" else -1, site=s.name)
         ref = next((t for t in modules[s.block].parameters() if t.is_floating_point()), None)
         if ref is not None and ref.device.type != "meta":
             mode.to(device=ref.device, dtype=ref.dtype)
-        mode.site, mode.skip_at, mode.x_first = s.name, (at, how), how != "output"
         out[s.name] = mode
     return out
 
@@ -287,6 +284,7 @@ def _current_modes(model: nn.Module, chosen) -> dict | None:
 def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, modes) -> None:
     modules = dict(model.named_modules())
     dtype = cfg.torch_storage_dtype
+    joins = []
     for site in chosen:
         mod = modules[site.name]
         host, suffix = _host(modules, site.name)
@@ -304,12 +302,15 @@ def _attach(model: nn.Module, chosen: list[ResidualSite], cfg: PenalConfig, mode
             host.add_module(CONNECTION + suffix, conn)
             if cfg.storage_dtype == "recompute":
                 recompute.attach(modules, site, conn, cfg.mode)
+        join = None
         if modes is not None and site.name in modes:
             host.add_module(MODE + suffix, modes[site.name])
+            join = Rendezvous(modes[site.name], site.name, x_first=site.skip.how != "output")
+            joins.append((site, join))
         hook_site(mod, site.output_index, None if host is mod else host, suffix,
-                  end=modules[site.end] if site.end else None)
-    if modes is not None:
-        attach_skip_capture(model, {s.name: modes[s.name] for s in chosen if s.name in modes})
+                  end=modules[site.end] if site.end else None, join=join)
+    for site, join in joins:  # x's capture: where the block's record says x is taken
+        hook_skip(modules[".".join(p for p in (site.block, site.skip.path) if p)], site.skip.how, join)
 
 
 def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
@@ -323,7 +324,7 @@ def _detach(model: nn.Module, chosen: list[ResidualSite]) -> None:
         for child in (CONNECTION + suffix, MODE + suffix):
             if child in host._modules:
                 del host._modules[child]
-    detach_skip_capture(model)
+    unhook_skips(model)
     recompute.detach(model)
 
 

@@ -22,6 +22,11 @@ SPEC = {
     "qwen2": ([(r"model\.layers\.\d+\.self_attn", 0), (r"model\.layers\.\d+\.mlp", None)], {"attention": L, "mlp": L}),
     "t5": ([(r"(encoder|decoder)\.block\.\d+\.layer\.\d+\.dropout", None)],
            {"attention": 2 * L, "cross_attention": L, "mlp": 2 * L}),
+    "mixtral": ([(r"model\.layers\.\d+\.self_attn", 0), (r"model\.layers\.\d+\.mlp", None)],
+                {"attention": L, "mlp": L}),
+    "roberta_prelayernorm": ([(r"roberta_prelayernorm\.encoder\.layer\.\d+\.attention\.output\.dropout", None),
+                              (r"roberta_prelayernorm\.encoder\.layer\.\d+\.output\.dropout", None)],
+                             {"attention": L, "mlp": L}),
     "vit": ([(r"vit\.layers\.\d+\.attention", 0), (r"vit\.layers\.\d+\.mlp", None)], {"attention": L, "mlp": L}),
 }
 
@@ -30,8 +35,9 @@ def build(arch: str):
     """(config, Auto class, inputs dict with labels)."""
     g = torch.Generator().manual_seed(0)
     common = dict(vocab_size=100, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if arch in ("bert", "roberta"):
-        C = T.BertConfig if arch == "bert" else T.RobertaConfig
+    if arch in ("bert", "roberta", "roberta_prelayernorm"):
+        C = {"bert": T.BertConfig, "roberta": T.RobertaConfig,
+             "roberta_prelayernorm": T.RobertaPreLayerNormConfig}[arch]
         cfg = C(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64, num_labels=3,
                 initializer_range=0.12, **common)
@@ -46,10 +52,12 @@ def build(arch: str):
         if arch == "gpt2_cross":
             inputs["encoder_hidden_states"] = torch.randn(B, 5, 32, generator=g)
         return cfg, T.AutoModelForCausalLM, inputs
-    if arch in ("llama", "mistral", "qwen2"):
-        C = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config}[arch]
+    if arch in ("llama", "mistral", "qwen2", "mixtral"):
+        C = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config,
+             "mixtral": T.MixtralConfig}[arch]
+        moe = dict(num_local_experts=2, num_experts_per_tok=1) if arch == "mixtral" else {}
         cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=64, initializer_range=0.12, tie_word_embeddings=False, **common)
+                max_position_embeddings=64, initializer_range=0.12, tie_word_embeddings=False, **moe, **common)
         ids = torch.randint(3, 100, (B, S), generator=g)
         return cfg, T.AutoModelForCausalLM, dict(input_ids=ids, labels=ids)
     if arch == "t5":

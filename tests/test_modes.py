@@ -481,6 +481,32 @@ def test_mode_warning_only_for_models_loaded_with_weights(tmp_path):
                                                    pretrained_cfg_overlay=overlay, penal={"mode": "scaled"})) == 1
 
 
+def test_mode_applied_later_warns_only_for_a_model_an_integration_loaded_with_weights(tmp_path):
+    """A model loaded plain and given a mode later by `hf_penal.apply` (no ``pretrained=``): neither transformers
+    (`from_config` of a config read from a checkpoint sets ``_name_or_path`` too) nor timm (``pretrained_cfg`` is set
+    either way) records whether weights were loaded, so the integrations' record (`persistence.mark_pretrained`)
+    decides."""
+    from transformers import AutoConfig, AutoModel
+    _bert().save_pretrained(tmp_path)
+
+    def mode_warnings(model, **kw):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hf_penal.apply(model, **kw)
+        return len([w for w in caught if "changes the forward function" in str(w.message)])
+
+    assert mode_warnings(AutoModel.from_config(AutoConfig.from_pretrained(tmp_path)), mode="layernorm") == 0
+    assert mode_warnings(AutoModel.from_pretrained(tmp_path), mode="layernorm") == 1
+    assert mode_warnings(AutoModel.from_pretrained(tmp_path), mode="layernorm", pretrained=False) == 0
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    save_file(timm.create_model("resnet18", num_classes=4).state_dict(), str(tmp_path / "r.safetensors"))
+    assert mode_warnings(timm.create_model("resnet18", num_classes=4), mode="scaled") == 0
+    loaded = timm.create_model("resnet18", num_classes=4, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / "r.safetensors")))
+    assert mode_warnings(loaded, mode="scaled") == 1
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw, field", [
     ({"mode": "teleport"}, "mode"), ({"mode": "entangled", "mapping": "dense"}, "mapping"),

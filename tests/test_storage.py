@@ -133,12 +133,15 @@ def _counts(model):
     return len(states), sum(s.recomputed for s in states), sum(s.stored for s in states)
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "gpt2_cross", "llama", "vit", "t5"])
+# Mixtral and RobertaPreLayerNorm: their records name the sum (a decision of the table, checked here like the rest)
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "gpt2_cross", "llama", "vit", "t5", "mixtral",
+                                  "roberta_prelayernorm"])
 def test_recompute_equals_stored_z_to_fp32_rounding_and_saves_no_activation(arch, tmp_path):
     tau = 1e-2
     d, auto, inputs = saved(arch, tmp_path)
     b_plain, g_plain = _saved_bytes_and_grads(auto.from_pretrained(d), inputs)
     b_stored, g_stored = _saved_bytes_and_grads(auto.from_pretrained(d, penal_tau=tau), inputs)
+    assert rel_err(g_stored, grads(auto.from_pretrained(d), hf_loss(inputs), SPEC[arch][0], tau)[0]) < 1e-5
     model = auto.from_pretrained(d, penal={"tau": tau, "storage_dtype": "recompute"})
     b, g = _saved_bytes_and_grads(model, inputs)
     n_sites = len(hf_penal.sites(model))
@@ -225,7 +228,7 @@ def test_recompute_plan_names_the_sites_that_store_z(tmp_path):
     mode = auto.from_pretrained(d, penal={"storage_dtype": "recompute", "mode": "scaled", "tau": 1e-2})
     assert _counts(mode) == (0, 0, 0)  # a residual mode rewrites the add: z stored
     hf_penal.remove(mode)
-    assert not any(type(h).__module__ == "hf_penal.recompute" for m in mode.modules()
+    assert not any(type(h).__module__.startswith("hf_penal") for m in mode.modules()
                    for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
 
 

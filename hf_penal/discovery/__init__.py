@@ -20,10 +20,10 @@ from torch import nn
 
 from .probe import ProbeFailedError, branch_candidates, guess_kind, probe_sites
 from .site import NoResidualSiteError, ResidualSite, as_sites
-from .table import module_at, resolve_tensor_spec, skip_input, table_sites
+from .table import module_at, table_sites
 
 __all__ = ["ResidualSite", "NoResidualSiteError", "ProbeFailedError", "discover", "user_sites", "probe_sites",
-           "branch_candidates", "module_at", "resolve_tensor_spec", "skip_input"]
+           "branch_candidates", "module_at"]
 
 
 def _stacks_outside(model: nn.Module, blocks: set[str]) -> bool:

@@ -5,6 +5,8 @@ import dataclasses
 
 from torch import nn
 
+from ..architectures import Take
+
 
 @dataclasses.dataclass(frozen=True)
 class ResidualSite:
@@ -17,7 +19,11 @@ class ResidualSite:
     depth: index of that layer in model order (0-based); n_layers: number of layers with sites.
     output_index: None if the module returns z, else z's index in the returned tuple.
     inplace: the model modifies z in place after the module (the op then keeps a copy of z).
-    skip: where the residual modes find the skip input x (see `hf_penal.architectures`); None if unknown.
+    skip: where the residual modes find the skip input x, the tensor the block adds to z (a `Take` relative to
+        `block`, see `hf_penal.architectures`); None if unknown (modes other than "identity" are then refused).
+    width: the feature width the residual modes act on at this site; None if unknown.
+    sum: where the block consumes y = x + z (a `Take` relative to `block`), for ``storage_dtype="recompute"``; None
+        where recompute is not valid (z is stored).
     source: "table", "probe" or "user".
     end: "" when z is the output of `name`; otherwise the module whose output is z, one module that ends several
         branches (Phi's one `resid_dropout` after both the attention and the MLP): the site is the call of `end` that
@@ -35,7 +41,9 @@ class ResidualSite:
     n_layers: int = 1
     output_index: int | None = None
     inplace: bool = False
-    skip: str | None = None
+    skip: Take | None = None
+    width: int | None = None
+    sum: Take | None = None
     source: str = "table"
     note: str = ""
     end: str = ""

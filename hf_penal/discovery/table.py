@@ -1,11 +1,11 @@
-"""Table lookup: the residual sites that `hf_penal.architectures` lists for a model's block classes, and the
-resolution of the table's module specs (``a|b``, ``a>e``, ``how@path~width``) on one block."""
+"""Table lookup: the residual sites that `hf_penal.architectures` records for a model's block classes, each record
+resolved on its block (which alternative exists, the feature width)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..architectures import INPLACE_ADD, NOTES, branches_for
+from ..architectures import Branch, Take, block_record
 
 
 def module_at(block: nn.Module, path: str) -> nn.Module | None:
@@ -18,10 +18,9 @@ def module_at(block: nn.Module, path: str) -> nn.Module | None:
     return mod
 
 
-def _resolve_path(block: nn.Module, path: str) -> str | None:
-    """The first of the table's ``a|b`` alternatives that exists in `block` (``a>e``: both `a` and `e` exist)."""
-    return next((alt for alt in path.split("|")
-                 if alt and all(p and module_at(block, p) is not None for p in alt.split(">"))), None)
+def first_take(block: nn.Module, takes: tuple[Take, ...]) -> Take | None:
+    """The first of the alternatives `takes` whose module exists in `block`, or None."""
+    return next((t for t in takes if module_at(block, t.path) is not None), None)
 
 
 def _width(mod: nn.Module) -> int | None:
@@ -39,46 +38,37 @@ def _width(mod: nn.Module) -> int | None:
     return None
 
 
-def resolve_tensor_spec(block: nn.Module, spec: str) -> tuple[str, str] | None:
-    """The first ``how@path`` alternative of a table spec (``how@path|how@path``, see `hf_penal.architectures`) whose
-    module exists in `block`: (how the tensor is taken, module path relative to the block), or None."""
-    for alt in spec.partition("~")[0].split("|"):
-        how, _, path = alt.partition("@")
-        if module_at(block, path) is not None:
-            return how, path
+def feature_width(block: nn.Module, paths: tuple[str, ...]) -> int | None:
+    """The feature width of the first module among `paths` of `block` that has one, or None."""
+    for path in paths:
+        mod = module_at(block, path)
+        width = _width(mod) if mod is not None else None
+        if width is not None:
+            return width
     return None
 
 
-def skip_input(block: nn.Module, spec: str) -> tuple[str, str, int | None]:
-    """Resolve a table skip spec (``how@path|...~width_path``) on one block: (how x is taken, module path relative
-    to the block, feature width or None). ValueError (field 'mode') when none of the alternatives exists."""
-    found = resolve_tensor_spec(block, spec)
-    if found is None:
-        raise ValueError(f"PenalConfig field 'mode': skip input {spec!r} not found in {type(block).__name__}")
-    how, path = found
-    width_paths = spec.partition("~")[2]
-    width = None
-    for wp in width_paths.split("|") if width_paths else [path]:
-        wmod = module_at(block, wp)
-        width = _width(wmod) if wmod is not None else None
-        if width is not None:
-            break
-    return how, path, width
+def _branch_site(block: nn.Module, bname: str, branch: Branch) -> dict | None:
+    """The raw site dict of one record branch on `block` (named `bname`), or None when its module is absent."""
+    rel = next((p for p in branch.module if module_at(block, p) is not None), None)
+    if rel is None or (branch.end and module_at(block, branch.end) is None):
+        return None
+    skip = first_take(block, branch.x)
+    width = feature_width(block, branch.width or (skip.path,)) if skip is not None else None
+    end = f"{bname}.{branch.end}" if bname and branch.end else branch.end
+    return dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=branch.kind, output_index=branch.index,
+                skip=skip, width=width, sum=first_take(block, branch.sum), end=end)
 
 
 def table_sites(model: nn.Module) -> list[dict]:
-    """Raw site dicts for every block of `model` whose class the table lists, in model order."""
+    """Raw site dicts for every block of `model` whose class the table records, in model order."""
     found = []
     for bname, block in model.named_modules():
-        cls_name, branches = branches_for(type(block))
-        if branches is None:
+        _, record = block_record(type(block))
+        if record is None:
             continue
-        for path, index, kind, skip in branches:
-            rel = _resolve_path(block, path)
-            if rel is None:
-                continue
-            rel, _, end = rel.partition(">")
-            found.append(dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=kind, output_index=index,
-                              inplace=cls_name in INPLACE_ADD, skip=skip, source="table",
-                              note=NOTES.get(cls_name, ""), end=f"{bname}.{end}" if bname and end else end))
+        for branch in record.branches:
+            site = _branch_site(block, bname, branch)
+            if site is not None:
+                found.append(dict(site, inplace=record.inplace_add, source="table", note=record.note))
     return found
