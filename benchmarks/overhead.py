@@ -25,6 +25,9 @@ ratio per backend (``--compile aot_eager inductor``).
     python benchmarks/overhead.py --preset small       # small models, a few minutes on 2 CPU cores
     python benchmarks/overhead.py --device cuda        # the GPU column (names the card)
     python benchmarks/overhead.py --compile aot_eager inductor   # add torch.compile step ratios (minutes per arm)
+    python benchmarks/overhead.py --preset small --compile-only --compile inductor --threads 1
+        # only the compile column: penal vs plain, both compiled (step and compile-time ratios, graph breaks,
+        # recompiles when τ changes); section overhead-DEVICE-compile
 
 The tables go into BENCHMARKS.md between ``<!-- overhead-DEVICE:begin -->`` and ``<!-- overhead-DEVICE:end -->``.
 """
@@ -87,6 +90,9 @@ def build_models(preset: dict, device: torch.device):
     out.append((f"bert ({_shape(bert.config.num_hidden_layers, bert.config.hidden_size)}, seq {s})", bert, bert_in))
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_positions=max(s, 128), **preset["gpt2"]))
+    # the loss transformers uses anyway; left unset, its `loss_type=None ... unrecognized` warning_once is a graph
+    # break under torch.compile (in whichever compiled copy traces it first)
+    gpt2.loss_type = "ForCausalLM"
     ids = torch.randint(0, gpt2.config.vocab_size, (b, s), generator=g)
     out.append((f"gpt2 ({_shape(gpt2.config.n_layer, gpt2.config.n_embd)}, seq {s})", gpt2,
                 dict(input_ids=ids, labels=ids)))
@@ -329,6 +335,11 @@ def bench_model(name, model, inp, args, device) -> dict:
 
 def compiled_ratios(model, inp, args, device, backend) -> dict:
     """Step ratio under torch.compile(backend=...): one compiled copy per arm, interleaved."""
+    with _strict_hook_guards():  # without it every copy would run the graph compiled for the first one
+        return _compiled_ratios(model, inp, args, device, backend)
+
+
+def _compiled_ratios(model, inp, args, device, backend) -> dict:
     import torch._dynamo
     torch._dynamo.reset()
     print(f"  torch.compile ({backend}) ...", flush=True)
@@ -346,6 +357,211 @@ def compiled_ratios(model, inp, args, device, backend) -> dict:
             if r >= args.warmup + 1:
                 times[arm].append(t)
     return ratios(times)
+
+
+# ----------------------------------------------------------------------------------------------------------- compile
+#: τ changes applied after compilation: (what, function on the uncompiled model)
+TAU_CHANGES = (("set_tau(2τ)", lambda m: hf_penal.set_tau(m, 2 * TAU)),
+               ("set_tau_factor(0.5)", lambda m: hf_penal.set_tau_factor(m, 0.5)),
+               ("set_tau(τ), set_tau_factor(1)", lambda m: (hf_penal.set_tau(m, TAU), hf_penal.set_tau_factor(m, 1.0))))
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _compile_warmup(backend) -> None:
+    """One throw-away compile, so the first arm does not pay for importing and initialising the compiler stack."""
+    import torch._dynamo
+    from torch._inductor.utils import fresh_cache
+    torch._dynamo.reset()
+    with fresh_cache():
+        f = torch.compile(lambda a: (a.sin() + 1).sum(), backend=backend)
+        f(torch.randn(4, requires_grad=True)).backward()
+
+
+def _strict_hook_guards():
+    """A context in which dynamo guards on module hooks. By default (``skip_nnmodule_hook_guards = True``) it does
+    not: a model compiled after another instance of its class (or penalized after it was compiled and run) reuses the
+    graph compiled without the penal hooks and silently computes plain gradients. Arms of one model share the class,
+    so the benchmark compiles them with the guards on; τ-change recompiles counted under these stricter guards bound
+    those under the default ones."""
+    import torch._dynamo
+    return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
+
+
+def _reason(text: str) -> str:
+    """A graph-break reason in one line: dynamo's first line and the call it names (its debug context)."""
+    first = text.strip().splitlines()[0]
+    ctx = [ln.strip() for ln in text.splitlines() if "debug context:" in ln]
+    return first + (f" [{ctx[0].split('debug context:', 1)[1].strip()[:200]}]" if ctx else "")
+
+
+def _compile_arm(model, inp, arm, backend, device) -> dict:
+    """Compile a deep copy of `model` in `arm` with a cold compiler cache and time its first two training steps.
+
+    Two steps, because transformers' sequence classifiers set ``config.problem_type`` in their first forward, which
+    makes dynamo recompile at the second (in every arm). The cache is cold: ``torch._inductor.utils.fresh_cache()``
+    clears inductor's in-memory caches and points TORCHINDUCTOR_CACHE_DIR (FX graph, AOTAutograd and kernel caches)
+    at a new empty temporary folder for this arm. The caller resets dynamo before a round. Graphs / graph breaks
+    come from ``torch._dynamo.utils.counters`` (deltas over this arm's two steps). For penal arms, τ is then changed
+    three times (TAU_CHANGES) with a training step after each; any graph compiled by those steps is a recompile."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    def snap():
+        return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+    cache_keys = ("autograd_cache_miss", "autograd_cache_hit", "autograd_cache_bypass")
+    cache_before = {k: counters["aot_autograd"][k] for k in cache_keys}
+
+    m = copy.deepcopy(model)
+    ArmSwitch(m).set(arm)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+    cm = torch.compile(m, backend=backend)
+    step = functools.partial(train_step, cm, opt, inp)
+    breaks_before = dict(counters["graph_break"])
+    g0, b0 = snap()
+    with fresh_cache():
+        first = timed(step, device)
+        second = timed(step, device)
+        g2, b2 = snap()
+        aot_cache = {k.removeprefix("autograd_cache_"): counters["aot_autograd"][k] - cache_before[k]
+                     for k in cache_keys if counters["aot_autograd"][k] > cache_before[k]}
+        tau_graphs = []
+        if arm != "plain":
+            for _, change in TAU_CHANGES:
+                change(m)
+                timed(step, device)
+                tau_graphs.append(snap()[0])
+    if g2 == g0:
+        raise RuntimeError(f"{arm}: no graph was compiled for this copy (dynamo reused another arm's graph)")
+    reasons = {_reason(k): v - breaks_before.get(k, 0) for k, v in counters["graph_break"].items()
+               if v > breaks_before.get(k, 0)}
+    return dict(first=first + second, first_step=first, second_step=second, graphs=g2 - g0, graph_breaks=b2 - b0,
+                break_reasons=reasons, aot_cache=aot_cache,
+                tau_recompiles=(tau_graphs[-1] - g2) if tau_graphs else None, model=m, step=step)
+
+
+def compile_column(name, model, inp, args, device, backend) -> dict:
+    """Penal against plain, both under torch.compile(backend=...): compile time (first training step, cold cache),
+    graphs and graph breaks, recompiles when τ changes, and the steady step-time ratio (interleaved rounds).
+
+    `args.compile_rounds` rounds, each a fresh dynamo (``torch._dynamo.reset()``) compiling both arms in turn, the
+    order alternating between rounds (plain first, then penal first, ...). The compiled copies of the last round are
+    then timed interleaved (`args.warmup` untimed rounds, `args.repeats` timed)."""
+    with _strict_hook_guards():
+        return _compile_column(name, model, inp, args, device, backend)
+
+
+def _compile_column(name, model, inp, args, device, backend) -> dict:
+    import torch._dynamo
+    model.train()
+    res = dict(name=name, backend=backend, load_before=_loadavg(), rounds=[])
+    arms = ("plain", "penal")
+    last = {}
+    for r in range(args.compile_rounds):
+        torch._dynamo.reset()
+        out = {}
+        for arm in (arms if r % 2 == 0 else arms[::-1]):
+            print(f"  {name}: round {r + 1}, compiling {arm} ({backend}) ...", flush=True)
+            out[arm] = _compile_arm(model, inp, arm, backend, device)
+            o = out[arm]
+            print(f"    steps 1+2 {o['first']:.1f} s (step 2 {o['second_step']:.3f} s), graphs {o['graphs']}, "
+                  f"breaks {o['graph_breaks']}, τ-change recompiles {o['tau_recompiles']}", flush=True)
+        last = out
+        res["rounds"].append({a: {k: v for k, v in o.items() if k not in ("model", "step")} for a, o in out.items()})
+    times = {a: [] for a in arms}
+    for r in range(args.warmup + args.repeats):
+        for arm in arms:
+            t = timed(last[arm]["step"], device)
+            if r >= args.warmup:
+                times[arm].append(t)
+    res["step_times"] = times
+    res["step"] = ratios(times)
+    firsts = [(rd["penal"]["first"], rd["plain"]["first"]) for rd in res["rounds"]]
+    res["compile_ratio"] = C.median([a / b for a, b in firsts])
+    res["load_after"] = _loadavg()
+    torch._dynamo.reset()
+    return res
+
+
+def _cache(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "–"
+
+
+def _values(rounds, arm, key) -> str:
+    """One arm's value over the rounds: "n" when every round agrees, else "a, b, ..."."""
+    vals = [str(x[arm][key]) for x in rounds]
+    return vals[0] if len(set(vals)) == 1 else ", ".join(vals)
+
+
+def render_compile(results, args, device, elapsed, command=None) -> str:
+    dev = "GPU" if device.type == "cuda" else "CPU"
+    loads = "; ".join(f"{r['name'].split(' (')[0]} {r['load_before']} → {r['load_after']}" for r in results)
+    lines = [f"## Overhead (torch.compile, {dev}, preset {args.preset})", "",
+             f"Machine: {C.machine(device.type)}, gcc for inductor's C++ kernels.  ",
+             f"Command: `{command or C.command_line()}` ("
+             + (f"{elapsed / 60:.1f} min; " if elapsed else "")
+             + f"{args.compile_rounds} compile round(s), then {args.repeats} timed rounds after {args.warmup} "
+             f"warm-up round(s), τ = {TAU:g}).  ",
+             f"Load average (1/5/15 min, /proc/loadavg) before → after each model: {loads}.", "",
+             "Both arms are compiled (`torch.compile(model, backend=...)`, default mode); the training step is "
+             "forward + backward under the compiled model and an eager AdamW step. **Compiled step ratio**: median "
+             "over interleaved rounds of (penal step time ÷ plain step time in the same round), the compiled copies "
+             "of the last compile round; noise = median absolute deviation of plain's times ÷ their median. "
+             "**Compile-time ratio**: the first two training steps (dynamo tracing, AOTAutograd, inductor codegen "
+             "and C++ compilation of forward and backward, plus two executions; two because transformers' "
+             "sequence classifiers set `config.problem_type` in their first forward and dynamo recompiles at the "
+             "second, in both arms) of penal ÷ plain, median over rounds of the per-round ratio (seconds: medians). "
+             "Every arm compiles with a cold cache (`torch._inductor.utils.fresh_cache()`: inductor's in-memory "
+             "caches cleared and a new empty TORCHINDUCTOR_CACHE_DIR per arm), each round starts from "
+             "`torch._dynamo.reset()`, the order of the arms alternates between rounds, and one throw-away compile "
+             "runs before the first round. **Graphs / graph breaks**: `torch._dynamo.utils.counters` "
+             "(`stats.unique_graphs`, `graph_break`) over those two steps (one value when all rounds agree). "
+             "**Recompiles on τ change**: graphs compiled by three further steps after `set_tau(model, 2τ)`, "
+             "`set_tau_factor(model, 0.5)` and `set_tau(model, τ); set_tau_factor(model, 1)` (0 expected: τ and its "
+             "factor are buffers, read as tensors inside the graph). The run sets "
+             "`torch._dynamo.config.skip_nnmodule_hook_guards = False`: with dynamo's default (`True`) it does not "
+             "guard on module hooks, and the penal copy, compiled after a plain copy of the same class, would "
+             "silently reuse plain's graph (checked: plain gradients, no new graph); the stricter guards can only "
+             "add recompiles, so 0 here means 0 under the default too. **AOTAutograd cache**: "
+             "`counters[\"aot_autograd\"]` over steps 1+2 of the first round (a miss compiles and saves, a hit "
+             "reuses, a bypass compiles without caching).", ""]
+    rows = []
+    for r in results:
+        rd = r["rounds"]
+        st, noise = r["step"]["penal"]
+        pf = C.median([x["plain"]["first"] for x in rd])
+        qf = C.median([x["penal"]["first"] for x in rd])
+        rows.append([r["name"], r["backend"], f"{st:.3f} (noise {noise:.3f})",
+                     f"{r['compile_ratio']:.2f} ({qf:.0f} s / {pf:.0f} s)",
+                     " / ".join(_values(rd, a, "graphs") for a in ("plain", "penal")),
+                     " / ".join(_values(rd, a, "graph_breaks") for a in ("plain", "penal")),
+                     ", ".join(str(x["penal"]["tau_recompiles"]) for x in rd),
+                     " / ".join(_cache(rd[0][a].get("aot_cache", {})) for a in ("plain", "penal"))])
+    lines += [C.table(["model", "backend", "compiled step ratio penal / plain", "compile-time ratio (steps 1+2, "
+                       "penal / plain)", "graphs plain / penal", "graph breaks plain / penal",
+                       "recompiles on τ change (per round)", "AOTAutograd cache, steps 1+2 (plain / penal)"],
+                      rows), ""]
+    reasons = {k: v for r in results for x in r["rounds"] for a in x.values() for k, v in a["break_reasons"].items()}
+    if reasons:
+        lines += ["Graph-break reasons: " + "; ".join(f"{k} ({v}×)" for k, v in reasons.items()) + ".", ""]
+    bypass = [r["name"].split(" (")[0] for r in results
+              if any("bypass" in x["penal"].get("aot_cache", {}) and "bypass" not in x["plain"].get("aot_cache", {})
+                     for x in r["rounds"])]
+    if bypass:
+        lines += [f"Penal graphs bypass AOTAutograd's cache ({', '.join(bypass)}): torch does not cache a graph that "
+                  "calls a custom `autograd.Function` (its log: \"Unsupported call_function target "
+                  "autograd_function_apply\"), and the penal op is one. A cold first compile pays nothing for this; "
+                  "every later compile of the same graph does: AOTAutograd's tracing and partitioning run again where "
+                  "plain's graph is a cache hit (inductor's FX graph cache still hits for both). Measured here on "
+                  "BERT's second-step recompile (step 2 in the JSON: `second_step`); a new process with a warm cache "
+                  "is the same case (no AOTAutograd entry is saved for penal) but was not timed.", ""]
+    return "\n".join(lines)
 
 
 def render(results, surgery_llama, args, device, elapsed, command=None) -> str:
@@ -486,6 +702,12 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", help="substrings selecting models (default: all)")
     ap.add_argument("--compile", nargs="*", metavar="BACKEND",
                     help="also time torch.compile(model, backend=...) steps per backend (default: inductor)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="measure only the compile column (penal vs plain, both compiled with each --compile backend: "
+                    "step ratio, compile-time ratio, graph breaks, recompiles on τ change); section overhead-DEVICE-"
+                    "compile")
+    ap.add_argument("--compile-rounds", type=int, default=2,
+                    help="--compile-only: cold compiles per arm (order alternating between rounds)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure memory and gradient errors only (no step/eval timing; for a busy machine)")
@@ -503,6 +725,9 @@ def main(argv=None) -> None:
         args.repeats = 20 if args.device.startswith("cuda") else 5
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_only:
+        args.compile = args.compile or ["inductor"]
+        return compile_main(args)
     if args.from_json:
         import json
         with open(args.from_json) as f:
@@ -536,6 +761,42 @@ def main(argv=None) -> None:
     print(text)
     if not args.memory_only and any(math.isnan(v[0]) for r in results for v in r["step"].values()):
         sys.exit(1)
+
+
+def compile_main(args) -> None:
+    import json
+    device = torch.device(args.device)
+    section = args.section or f"overhead-{device.type}-compile"
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        text = render_compile(saved["results"], args, device, saved.get("elapsed_s"),
+                              command=f"{saved['command']}`; tables re-rendered from its JSON by `{C.command_line()}")
+        C.write_section(args.out, section, text)
+        print(text)
+        return
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    for backend in args.compile:
+        _compile_warmup(backend)
+    results = []
+    for name, model, inp in build_models(PRESETS[args.preset], device):
+        if args.models and not any(s in name for s in args.models):
+            continue
+        for backend in args.compile:
+            results.append(compile_column(name, model, inp, args, device, backend))
+            if args.json:  # after every model: a run cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(dict(results=results, command=C.command_line(),
+                                   elapsed_s=time.perf_counter() - start), f, indent=1)
+        del model
+    elapsed = time.perf_counter() - start
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(results=results, command=C.command_line(), elapsed_s=elapsed), f, indent=1)
+    text = render_compile(results, args, device, elapsed)
+    C.write_section(args.out, section, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,25 @@ def test_benchmark_scripts_write_tables_with_expected_rows(tmp_path):
     assert "Llama 2 layers × 256 (meta device)" in section and "Command: `python" in section
 
 
+def test_compile_column_reports_ratios_graph_breaks_and_tau_recompiles(tmp_path):
+    import torch._dynamo
+    overhead = _load("overhead")
+    out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "compile.json"
+    _run(overhead, ["--preset", "tiny", "--models", "bert", "--compile-only", "--compile", "aot_eager",
+                    "--compile-rounds", "2", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out),
+                    "--json", str(raw)])
+    assert torch._dynamo.config.skip_nnmodule_hook_guards  # the benchmark's stricter guards do not leak
+    section = out.read_text().split("<!-- overhead-cpu-compile:begin -->")[1].split("<!-- overhead-cpu-compile:end")[0]
+    assert "| bert (2 layers × 32, seq 16) | aot_eager |" in section and "Command: `python" in section
+    (res,) = json.loads(raw.read_text())["results"]
+    assert [sorted(r) for r in res["rounds"]] == [["penal", "plain"]] * 2
+    for rd in res["rounds"]:
+        assert rd["plain"]["graphs"] >= 1 and rd["penal"]["graphs"] >= 1  # each arm compiled its own graph
+        assert rd["penal"]["graph_breaks"] == rd["plain"]["graph_breaks"] == 0
+        assert rd["penal"]["tau_recompiles"] == 0
+    assert res["step"]["penal"][0] > 0 and res["compile_ratio"] > 0
+
+
 def test_quality_study_selects_by_its_rule_then_runs_held_out_tasks_with_the_selection(tmp_path):
     quality = _load("quality")
     out = tmp_path / "BENCHMARKS.md"
