@@ -30,6 +30,8 @@ def __getattr__(name):  # the trainer pulls in transformers.Trainer/accelerate: 
     raise AttributeError(f"module 'hf_penal' has no attribute {name!r}")
 
 
+from .hooks import guard_hooks_under_compile as _guard_hooks_under_compile  # noqa: E402
 from .integrations import install_all as _install_all  # noqa: E402
 
 _install_all()
+_guard_hooks_under_compile()  # a compiled graph must not be reused across different penal hooks

@@ -20,6 +20,21 @@ from torch import nn
 
 from .modes import ResidualMode
 
+
+def guard_hooks_under_compile() -> None:
+    """Make torch.compile guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards = False``).
+
+    With dynamo's default (True) a compiled graph is reused for any module of the same class whatever its hooks, so
+    a model penalized after it was compiled, or compiled in the same process as a plain model of its class, silently
+    runs the graph traced without (or with another model's) penal hooks: plain gradients, no error. Called by
+    ``import hf_penal`` and by `surgery.apply`; it changes dynamo's setting for the whole process (guards then also
+    check hook dicts: a recompile when hooks change, e.g. after `hf_penal.apply` or `hf_penal.remove`)."""
+    import torch._dynamo  # noqa: PLC0415 - already imported by torch.compile users and by transformers
+
+    if getattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False):
+        pass
+
+
 CONNECTION = "penal_connection"  # child name of a site's PenalConnection
 MODE = "residual_mode"  # child name of a site's residual-mode module
 

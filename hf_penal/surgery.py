@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import persistence, recompute
+from . import hooks, persistence, recompute
 from .config import SITE_KEYWORDS, PenalConfig, check_tau, effective_config, resolve_config
 from .depth import depth_factor
 from .discovery import NoResidualSiteError, ResidualSite, discover, user_sites
@@ -190,6 +190,7 @@ def apply(model: nn.Module, config: PenalConfig | dict | bool | None = None, *, 
     warns that it changes a checkpoint's function); None: as the integrations recorded when they built the model
     (`persistence.loaded_with_weights`).
     """
+    hooks.guard_hooks_under_compile()
     st = _state(model)
     if pretrained is None:
         pretrained = persistence.loaded_with_weights(model)

@@ -133,24 +133,52 @@ def test_compile_aot_eager_tau_and_factor_changes_do_not_recompile(bert):
     assert len(compiled) == n, f"recompiled after a τ change: {len(compiled) - n} more graph(s)"
 
 
-@pytest.mark.xfail(strict=True, reason="known: dynamo does not guard on module hooks by default "
-                   "(torch._dynamo.config.skip_nnmodule_hook_guards = True), so a model penalized after it was "
-                   "compiled and run keeps the graph traced without the penal hooks: plain gradients, no error")
-def test_compile_then_apply_penalizes(bert):
+def _compiled_grads(cm, inputs):
+    mod = getattr(cm, "_orig_mod", cm)
+    mod.train()
+    mod.zero_grad(set_to_none=True)
+    cm(**inputs).loss.backward()
+    return {k: p.grad for k, p in mod.named_parameters() if p.grad is not None}
+
+
+def _plain(auto, d, inputs):
+    return grads(auto.from_pretrained(d), hf_loss(inputs))[0]
+
+
+def test_import_makes_compile_guard_on_module_hooks():
+    import torch._dynamo
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+
+
+@pytest.mark.parametrize("order", ["apply_after_compile", "plain_compiled_first", "penal_compiled_first"])
+def test_compiled_graph_is_never_reused_across_penal_hooks(bert, order):
+    """dynamo reuses a graph for any module of the same class unless it guards on hooks: without hf_penal turning
+    those guards on, each order below silently gives plain gradients to the penalized model."""
     import torch._dynamo
     d, auto, inputs = bert
     torch._dynamo.reset()
-    model = auto.from_pretrained(d)
-    cm = torch.compile(model, backend="aot_eager")
-    model.train()
-    for _ in range(2):  # the second call recompiles once (config.problem_type set by the first): then it is stable
-        cm(**inputs).loss.backward()
-    hf_penal.apply(model, tau=TAU)
-    model.zero_grad(set_to_none=True)
-    cm(**inputs).loss.backward()
-    g = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
-    torch._dynamo.reset()  # else a later test's penalized BERT would reuse this plain graph the same way
-    assert rel_err(g, _oracle(auto, d, inputs)) < 1e-5
+    try:
+        plain_model, pen_model = auto.from_pretrained(d), auto.from_pretrained(d)
+        if order == "apply_after_compile":
+            cm = torch.compile(pen_model, backend="aot_eager")
+            for _ in range(2):  # the second call recompiles once (config.problem_type set by the first)
+                _compiled_grads(cm, inputs)
+            hf_penal.apply(pen_model, tau=TAU)
+            assert rel_err(_compiled_grads(cm, inputs), _oracle(auto, d, inputs)) < 1e-5
+            hf_penal.remove(pen_model)
+            assert rel_err(_compiled_grads(cm, inputs), _plain(auto, d, inputs)) < 1e-5
+            return
+        hf_penal.apply(pen_model, tau=TAU)
+        first, second = (plain_model, pen_model) if order == "plain_compiled_first" else (pen_model, plain_model)
+        c1, c2 = (torch.compile(m, backend="aot_eager") for m in (first, second))
+        for _ in range(2):
+            _compiled_grads(c1, inputs)
+        _compiled_grads(c2, inputs)
+        cp, cq = (c1, c2) if first is plain_model else (c2, c1)
+        assert rel_err(_compiled_grads(cq, inputs), _oracle(auto, d, inputs)) < 1e-5
+        assert rel_err(_compiled_grads(cp, inputs), _plain(auto, d, inputs)) < 1e-5
+    finally:
+        torch._dynamo.reset()
 
 
 def test_compile_aot_eager_backend_matches_eager(bert):
