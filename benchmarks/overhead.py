@@ -388,7 +388,8 @@ def _strict_hook_guards():
     not: a model compiled after another instance of its class (or penalized after it was compiled and run) reuses the
     graph compiled without the penal hooks and silently computes plain gradients. Arms of one model share the class,
     so the benchmark compiles them with the guards on; τ-change recompiles counted under these stricter guards bound
-    those under the default ones."""
+    those under the default ones. Since 55b7268 ``import hf_penal`` sets this for the whole process
+    (`hf_penal.hooks.guard_hooks_under_compile`); the patch keeps the benchmark's guards explicit."""
     import torch._dynamo
     return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
 
@@ -527,7 +528,8 @@ def render_compile(results, args, device, elapsed, command=None) -> str:
              "factor are buffers, read as tensors inside the graph). The run sets "
              "`torch._dynamo.config.skip_nnmodule_hook_guards = False`: with dynamo's default (`True`) it does not "
              "guard on module hooks, and the penal copy, compiled after a plain copy of the same class, would "
-             "silently reuse plain's graph (checked: plain gradients, no new graph); the stricter guards can only "
+             "silently reuse plain's graph (checked: plain gradients, no new graph; `import hf_penal` now sets this for "
+             "every process); the stricter guards can only "
              "add recompiles, so 0 here means 0 under the default too. **AOTAutograd cache**: "
              "`counters[\"aot_autograd\"]` over steps 1+2 of the first round (a miss compiles and saves, a hit "
              "reuses, a bypass compiles without caching).", ""]

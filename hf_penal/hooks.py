@@ -32,7 +32,7 @@ def guard_hooks_under_compile() -> None:
     import torch._dynamo  # noqa: PLC0415 - already imported by torch.compile users and by transformers
 
     if getattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False):
-        pass
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
 
 
 CONNECTION = "penal_connection"  # child name of a site's PenalConnection
