@@ -74,7 +74,8 @@ def sample(names: list[str], every: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------- building
 _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "hidden_dim": 32, "dim": 32,
-          "word_embed_proj_dim": 32, "projection_dim": 32, "text_embed_dim": 32, "vision_embed_dim": 32}
+          "word_embed_proj_dim": 32, "projection_dim": 32, "projection_size": 32, "text_embed_dim": 32,
+          "vision_embed_dim": 32}
 _DEPTH = {"num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2,
           "decoder_layers": 2, "num_encoder_layers": 2, "num_decoder_layers": 2, "depth": 2}
 _HEADS = {"num_attention_heads": 2, "n_head": 2, "n_heads": 2, "encoder_attention_heads": 2,
@@ -89,6 +90,7 @@ _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_
 _PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32), (re.compile(r"num_attention_heads$"), 2),
              (re.compile(r"num_key_value_heads$"), 2), (re.compile(r"num_hidden_layers$"), 2),
              (re.compile(r"intermediate_size$"), 64)]
+_STAGE_WIDTHS = re.compile(r"_per_stage$|channel_list$")  # width lists scaled together (smallest → 32, the width)
 _MROPE_TYPES = re.compile(r"vl|glm|omni|video|image")  # text models that may use multimodal RoPE sections
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
 
@@ -125,6 +127,10 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
+    for k, cur in list(vars(cfg).items()):  # per-stage widths that other lists repeat in another order (SAM2's
+        if (_STAGE_WIDTHS.search(k) and isinstance(cur, (list, tuple)) and cur  # Hiera stages and its neck's
+                and all(isinstance(x, int) and x > 0 for x in cur) and min(cur) > 32):  # channel list, reversed)
+            _set(cfg, k, type(cur)(x * 32 // min(cur) for x in cur))  # one scale: the lists stay consistent
     for k in ("depths", "num_layers_per_stage", "layers", "block_repeats"):
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):

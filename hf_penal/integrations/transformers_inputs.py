@@ -143,6 +143,22 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
     return None
 
 
+def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
+    """NaFlex-style towers (a forward that takes ``spatial_shapes``): pixel values as flattened patches (BATCH, h × w,
+    channels × patch²) on a 4 × 4 patch grid, with the grid (``spatial_shapes``) and an all-ones patch mask."""
+    if "spatial_shapes" not in params:
+        return cands
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=16)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    side = 4
+    extra = {"pixel_values": torch.randn(BATCH, side * side, ch * p * p, generator=generator()),
+             "spatial_shapes": torch.tensor([[side, side]] * BATCH)}
+    if "pixel_attention_mask" in params:
+        extra["pixel_attention_mask"] = torch.ones(BATCH, side * side, dtype=torch.long)
+    return [{**c, **extra} if "pixel_values" in c and "spatial_shapes" not in c else c for c in cands]
+
+
 def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
     """Each candidate completed with the forward's required arguments it lacks (one candidate per alternative of
     the built ones, aligned: the i-th alternative of each); a forward none of whose candidates covers its required
@@ -199,7 +215,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     dummy = {k: v for k, v in dummy.items() if k in params or not named} if isinstance(dummy, dict) else {}
     if dummy:  # the model's own (token ids, plus whatever it adds), where the forward names them
         cands.append(dummy)
-    return _fill_required(cfg, params, cands)
+    return _fill_required(cfg, params, _patchified(cfg, params, cands))
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
