@@ -144,19 +144,40 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
 
 
 def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
-    """NaFlex-style towers (a forward that takes ``spatial_shapes``): pixel values as flattened patches (BATCH, h × w,
-    channels × patch²) on a 4 × 4 patch grid, with the grid (``spatial_shapes``) and an all-ones patch mask."""
-    if "spatial_shapes" not in params:
+    """Towers that take pixel values as flattened patches with their grid (a forward with ``spatial_shapes``:
+    NaFlex; or with ``pixel_position_ids``: (x, y) per patch): (BATCH, side², channels × patch²) on a side × side
+    grid, side = 4 (twice the pooling kernel where the config pools patches), with the grid and an all-ones patch
+    mask where the forward takes one."""
+    if "spatial_shapes" not in params and "pixel_position_ids" not in params:
         return cands
     cs = _vision_cfgs(cfg)
     p = _first_int(cs, "patch_size", default=16)
     ch = _first_int(cs, "num_channels", "in_channels", default=3)
-    side = 4
-    extra = {"pixel_values": torch.randn(BATCH, side * side, ch * p * p, generator=generator()),
-             "spatial_shapes": torch.tensor([[side, side]] * BATCH)}
+    side = max(4, 2 * _first_int(cs, "pooling_kernel_size", default=1))
+    extra = {"pixel_values": torch.randn(BATCH, side * side, ch * p * p, generator=generator())}
+    if "spatial_shapes" in params:
+        extra["spatial_shapes"] = torch.tensor([[side, side]] * BATCH)
+    if "pixel_position_ids" in params:
+        ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        extra["pixel_position_ids"] = torch.stack([xs, ys], -1).reshape(1, -1, 2).repeat(BATCH, 1, 1)
     if "pixel_attention_mask" in params:
         extra["pixel_attention_mask"] = torch.ones(BATCH, side * side, dtype=torch.long)
-    return [{**c, **extra} if "pixel_values" in c and "spatial_shapes" not in c else c for c in cands]
+    done = [{**c, **extra} for c in cands if "pixel_values" in c and not extra.keys() <= c.keys()]
+    return done + [c for c in cands if "pixel_values" not in c] if done else cands
+
+
+def _feature_masks(params, cands: list[dict]) -> list[dict]:
+    """An all-ones frame mask (BATCH, frames: the longer of the features' two inner axes) for audio features where
+    the forward takes one by name (``input_features_mask``), which some encoders read unconditionally."""
+    if "input_features_mask" not in params:
+        return cands
+    out = []
+    for c in cands:
+        f = c.get("input_features")
+        if torch.is_tensor(f) and f.dim() == 3 and "input_features_mask" not in c:
+            c = {**c, "input_features_mask": torch.ones(BATCH, max(f.shape[1], f.shape[2]), dtype=torch.long)}
+        out.append(c)
+    return out
 
 
 def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
@@ -215,7 +236,19 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     dummy = {k: v for k, v in dummy.items() if k in params or not named} if isinstance(dummy, dict) else {}
     if dummy:  # the model's own (token ids, plus whatever it adds), where the forward names them
         cands.append(dummy)
-    return _fill_required(cfg, params, _patchified(cfg, params, cands))
+    # last resorts: codebook-interleaved ids (one row per codebook and sample), audio features where the forward
+    # takes them besides its main input, embeddings instead of ids (a forward that refuses ids)
+    books = _first_int([text], "num_codebooks")
+    if main == "input_ids" and mains and books and books > 1:
+        cands.append({"input_ids": _token_ids(text).repeat_interleave(books, 0), **extra})
+    if main != "input_features" and "input_features" in params:
+        feats = _audio_alternatives(cfg, "input_features")
+        cands += [{main: mains[0], "input_features": f, **extra} for f in feats if mains]
+        cands += [{"input_features": f, **extra} for f in feats]
+    width = _first_int([text], "hidden_size", "d_model")
+    if "inputs_embeds" in params and width:
+        cands.append({"inputs_embeds": torch.randn(BATCH, SEQ, width, generator=generator()), **extra})
+    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
