@@ -12,6 +12,21 @@ penalized model's parameter gradients equal the explicit-penalty oracle built fr
 outputs are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a
 worker that dies is replaced and the model recorded as crashed.
 
+The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
+and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
+hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
+sizes) is the one source of both the model's shapes and its inputs.
+
+What is not a site (decided, not a probe gap to hide; such a model stays in the denominator as "no site"):
+* hyper-connection mixing (DeepSeek-V4's mHC, HY-V4, Qwen4-exp, GLM-5-next): a layer's output is H·x + post ⊗ z, H a
+  learned, input-dependent mix of several residual streams and post a per-token gate on the branch output z. No
+  operand is the unchanged stream and z enters only through a per-sample gate, so this is not a residual add
+  x + c·z (c constant) and the probe finds no site. A user can still penalize z by naming the branch ends
+  (`sites=[...]`: the attention and MLP modules).
+* I-BERT's quantized add: the skip is added inside the activation quantizer (`QuantAct(x, identity=skip)`: identity + x,
+  on re-quantized integer values in quant mode), not by the block, so no add in a numbered layer takes a branch
+  output and a skip: no site (in quant mode the add is not of z at all but of its quantized value).
+
     OMP_NUM_THREADS=1 python benchmarks/coverage.py --library transformers --every 3 --timeout 60 \
         --out benchmarks/results/coverage.md
     OMP_NUM_THREADS=1 python benchmarks/coverage.py --library timm --timeout 60 --out benchmarks/results/coverage.md

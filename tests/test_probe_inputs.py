@@ -153,3 +153,20 @@ def test_required_inputs_are_built_from_config_fields_not_model_names(name):
     b = T.PretrainedConfig(patch_size=4, patch_temporal=2, num_channels=3, merge_size=2, image_size=16, num_frames=4)
     got = [TI._required_alternatives(c, name, [name])[0] for c in (a, b)]
     assert got[0].shape == got[1].shape
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v4", "ibert"])
+def test_hyper_connection_mixing_and_quantized_adds_are_no_site_and_stay_in_the_denominator(model_type):
+    """Decided (coverage.py's docstring): a hyper-connection layer's H·x + post ⊗ z (DeepSeek-V4's mHC) and I-BERT's
+    add inside its activation quantizer are not residual adds x + c·z; the sweep records such a model as "no site",
+    built and measured, not covered: it stays in the denominator."""
+    import sys
+    from pathlib import Path
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import coverage
+    rec = coverage.run_one("transformers", model_type, timeout=900)
+    assert rec["status"] == "no site" and rec["builds"] and rec["blocks"] > 0
+    s = coverage.summarize([rec])
+    assert (s["measured"], s["residual"], s["ok"]) == (1, 1, 0)
