@@ -99,7 +99,8 @@ _HEADS = {"num_attention_heads": 2, "n_head": 2, "n_heads": 2, "encoder_attentio
 _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "n_inner": 64,
         "d_ff": 64, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "head_dim": 16, "d_kv": 16,
         "rotary_dim": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 16,
-        "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
+        "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "num_experts_per_token": 2}
 
 
 _PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32), (re.compile(r"num_attention_heads$"), 2),
@@ -190,13 +191,28 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
     for k in ("rope_parameters", "rope_scaling"):
         rp = getattr(cfg, k, None)
         sec = rp.get("mrope_section") if isinstance(rp, dict) else None
+        partial = (rp.get("partial_rotary_factor") if isinstance(rp, dict) else None) or getattr(
+            cfg, "partial_rotary_factor", None)
+        rot = head_dim  # M-RoPE sections split the rotary part of a head
+        if rot and isinstance(partial, float) and 0 < partial < 1:
+            rot = int(rot * partial)
         if isinstance(rp, dict) and sec is None and _MROPE_TYPES.search(str(getattr(cfg, "model_type", ""))):
             sec = [16, 24, 24]  # the modeling code's default, for a head_dim of 128
-        if head_dim and isinstance(sec, (list, tuple)) and sec and sum(sec) != head_dim // 2:
-            half = head_dim // 2
+        if rot and isinstance(sec, (list, tuple)) and sec and sum(sec) != rot // 2:
+            half = rot // 2
             new = [max(1, x * half // sum(sec)) for x in sec]
             new[0] += half - sum(new)
             rp["mrope_section"] = type(sec)(new)
+    # a backbone whose outputs are taken at layers beyond the shrunk depth (a ViT backbone of a depth or detection
+    # model, out_indices [2, 5, 8, 11]): the same number of outputs at the last layers of a depth that has them
+    idx, depth, names = getattr(cfg, "out_indices", None), _int(cfg, "num_hidden_layers"), getattr(
+        cfg, "stage_names", None)
+    if (isinstance(idx, (list, tuple)) and idx and depth and isinstance(names, list) and names
+            and names[0] == "stem" and max(idx) > depth):
+        n = max(depth, len(idx))
+        _set(cfg, "num_hidden_layers", n)
+        _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])
+        _set(cfg, "out_indices", list(range(n - len(idx) + 1, n + 1)))
 
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
