@@ -103,7 +103,8 @@ _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_
         "num_experts_per_token": 2}
 
 
-_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32), (re.compile(r"num_attention_heads$"), 2),
+_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$|^hidden_size_|^embedding_(size|dim)$"), 32),
+             (re.compile(r"num_attention_heads$"), 2),
              (re.compile(r"num_key_value_heads$"), 2), (re.compile(r"num_hidden_layers$"), 2),
              (re.compile(r"intermediate_size$"), 64)]
 _STAGE_WIDTHS = re.compile(r"_per_stage$|channel_list$")  # width lists scaled together (smallest → 32, the width)
