@@ -127,7 +127,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
         for k, v in table.items():
-            if k in aliases:  # e.g. ConvNext's num_hidden_layers is its number of stages
+            if aliases.get(k, k) != k:  # an alias of another field (ConvNext: num_hidden_layers = num_stages)
                 continue
             cur = getattr(cfg, k, None)
             if isinstance(cur, int) and not isinstance(cur, bool) and cur > v:

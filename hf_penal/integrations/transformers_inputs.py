@@ -166,6 +166,18 @@ def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
     return done + [c for c in cands if "pixel_values" not in c] if done else cands
 
 
+def _flattened_patches(cfg) -> torch.Tensor:
+    """Pix2Struct-style patches: (BATCH, 16, 2 + patch width), each row's first two entries its (row, column) on a
+    4 × 4 grid, the patch width the config's ``patch_embed_hidden_size`` (or channels × patch²)."""
+    cs = _vision_cfgs(cfg)
+    width = _first_int(cs, "patch_embed_hidden_size") or (
+        _first_int(cs, "num_channels", default=3) * _first_int(cs, "patch_size", default=16) ** 2)
+    x = torch.randn(BATCH, 16, 2 + width, generator=generator())
+    x[:, :, 0] = (torch.arange(16) // 4).float()
+    x[:, :, 1] = (torch.arange(16) % 4).float()
+    return x
+
+
 def _feature_masks(params, cands: list[dict]) -> list[dict]:
     """An all-ones frame mask (BATCH, frames: the longer of the features' two inner axes) for audio features where
     the forward takes one by name (``input_features_mask``), which some encoders read unconditionally."""
@@ -219,7 +231,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
             "input_features": lambda: _audio_alternatives(cfg, "input_features"),
             "input_values": lambda: _audio_alternatives(cfg, "input_values"),
-            "pixel_values_videos": lambda: [_video(cfg)]}
+            "pixel_values_videos": lambda: [_video(cfg)], "flattened_patches": lambda: [_flattened_patches(cfg)]}
     extra = {}
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         extra["decoder_input_ids"] = _token_ids(_sub(cfg, "decoder", "text_config"), 4)
