@@ -257,6 +257,10 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         feats = _audio_alternatives(cfg, "input_features")
         cands += [{main: mains[0], "input_features": f, **extra} for f in feats if mains]
         cands += [{"input_features": f, **extra} for f in feats]
+    if main == "pixel_values" and mains and mains[0].dim() == 4 and mains[0].shape[-2:] != (224, 224):
+        # a convolutional net whose config names no image size and that pools below the default (OCR heads)
+        cands.append({"pixel_values": torch.randn(BATCH, mains[0].shape[1], 224, 224, generator=generator()),
+                      **extra})
     width = _first_int([text], "hidden_size", "d_model")
     if "inputs_embeds" in params and width:
         cands.append({"inputs_embeds": torch.randn(BATCH, SEQ, width, generator=generator()), **extra})
