@@ -529,6 +529,8 @@ def run_one(library: str, name: str, timeout: float) -> dict:
             break
         tried.append(f"{rec['config']}: {rec['status']}")
         rec = _run_level(library, name, level, timeout)
+    if rec is first:  # not retried (a timeout at the small config: a retry would time out too)
+        return rec
     if rec["status"] in _RETRY or rec["status"] == "timeout":
         first = dict(first, cause=first.get("cause", "") + " [retried: " + "; ".join(
             tried[1:] + [f"{rec['config']}: {rec['status']} {rec.get('cause', '')[:80]}"]) + "]")

@@ -227,6 +227,9 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     except (TypeError, ValueError):
         params = {}
     main = getattr(model, "main_input_name", "input_ids") or "input_ids"
+    enc_main = getattr(getattr(model, "encoder", None), "main_input_name", None)
+    if main not in ("input_ids", "pixel_values", "input_features", "input_values") and enc_main in params:
+        main = enc_main  # an encoder-decoder whose main input is `inputs`: the encoder's (input_values)
     text = _sub(cfg, "text_config", "decoder", "text_encoder")
     make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
             "input_features": lambda: _audio_alternatives(cfg, "input_features"),
