@@ -144,6 +144,13 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
+    size, patch = getattr(cfg, "image_size", None), _int(cfg, "patch_size") or 1  # 1024 px and over (SAM): a quarter
+    big = (isinstance(size, int) and not isinstance(size, bool) and size >= 1024) or (  # (whole patches), with
+        isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x >= 1024 for x in size))  # what
+    if big:  # is derived from it on the same config
+        _set(cfg, "image_size", size // 4 // patch * patch if isinstance(size, int) else [x // 4 for x in size])
+        if _int(cfg, "image_embedding_size"):
+            _set(cfg, "image_embedding_size", max(1, cfg.image_embedding_size // 4))
     for k, cur in list(vars(cfg).items()):  # per-stage widths that other lists repeat in another order (SAM2's
         if (_STAGE_WIDTHS.search(k) and isinstance(cur, (list, tuple)) and cur  # Hiera stages and its neck's
                 and all(isinstance(x, int) and x > 0 for x in cur) and min(cur) > 32):  # channel list, reversed)
