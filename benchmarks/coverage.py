@@ -163,6 +163,22 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen, kv_heads)
+    _from_backbone(cfg)
+
+
+def _from_backbone(cfg) -> None:
+    """Fields of a config derived from its shrunk backbone (after the sub-configs are shrunk)."""
+    # a detection transformer's encoder reads the backbone's stages at out_indices and feeds its own width to the
+    # decoder (RT-DETR, D-FINE): encoder_in_channels / decoder_in_channels derived from the shrunk widths
+    bb, enc_in = getattr(cfg, "backbone_config", None), getattr(cfg, "encoder_in_channels", None)
+    idx = getattr(bb, "out_indices", None)
+    widths = getattr(bb, "stage_out_channels", None) or getattr(bb, "hidden_sizes", None)
+    if (isinstance(enc_in, (list, tuple)) and isinstance(idx, (list, tuple)) and isinstance(widths, (list, tuple))
+            and len(idx) >= len(enc_in) and all(0 < i <= len(widths) for i in idx)):  # the deepest stages
+        _set(cfg, "encoder_in_channels", type(enc_in)(widths[i - 1] for i in idx[len(idx) - len(enc_in):]))
+    dec_in, enc_w = getattr(cfg, "decoder_in_channels", None), _int(cfg, "encoder_hidden_dim")
+    if isinstance(dec_in, (list, tuple)) and enc_w:
+        _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
 
 
 def _int(cfg, k):
