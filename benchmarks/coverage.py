@@ -231,8 +231,10 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
     # model, out_indices [2, 5, 8, 11]): the same number of outputs at the last layers of a depth that has them
     idx, depth, names = getattr(cfg, "out_indices", None), _int(cfg, "num_hidden_layers"), getattr(
         cfg, "stage_names", None)
+    stages = getattr(cfg, "depths", None)
     if (isinstance(idx, (list, tuple)) and idx and depth and isinstance(names, list) and names
-            and names[0] == "stem" and max(idx) > depth):
+            and names[0] == "stem" and max(idx) > depth and not isinstance(stages, (list, tuple))):
+        # (a stage of a hierarchical backbone with `depths`, Swin's, is not a layer: its stages stay as they are)
         n = max(depth, len(idx))
         _set(cfg, "num_hidden_layers", n)
         _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])

@@ -47,3 +47,9 @@ def test_mrope_sections_split_the_rotary_part_of_a_head():
 def test_experts_per_token_never_exceed_the_shrunk_experts():
     cfg = _small("kimi_linear")
     assert cfg.num_experts_per_token <= cfg.num_experts
+
+
+def test_a_hierarchical_backbones_stages_are_not_taken_for_layers():
+    """Swin's out_indices count stages (its `depths`), not layers: the small config keeps them."""
+    bb = _small("grounding-dino").backbone_config
+    assert list(bb.out_indices) == list(T.AutoConfig.for_model("grounding-dino").backbone_config.out_indices)
