@@ -1,12 +1,16 @@
 """Example inputs for the generic probe on a transformers model (registered with `hf_penal.discovery.inputs`).
 
-They are read from the model's config: token ids below its vocabulary size that avoid its special tokens, pixels at
-its image size and channel count (frames for video models), audio features at its mel-bin / feature width or raw
-samples, decoder ids for encoder-decoders. A forward's other required arguments are built by their name (`_REQUIRED`),
-from the config too: video clips (``pixel_values_videos``: frames × channels × image size), patch grids of
-Qwen2-VL-style vision towers (``grid_thw``, with the flattened patches as ``hidden_states`` / ``pixel_values``:
-channels × temporal patch × patch², whole merge windows), spectrograms of vocoders, and the hidden states a tower
-takes from its parent model (width ``hidden_size``, or the config's input width).
+They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its
+special tokens, pixels at its image size and channel count (frames for video models), audio features at its mel-bin
+/ feature width or raw samples, decoder ids for encoder-decoders, and the encoder's main input where the model's is a
+generic `inputs`. Pixel inputs take the layout the forward names: flattened patches with their grid for NaFlex
+(``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's ``flattened_patches``. A
+forward's other required arguments are built by their name (`_required_alternatives`): patch grids of Qwen2-VL-style
+vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as ``hidden_states`` /
+``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels × image size),
+vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's input or hidden
+width), time-series context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids,
+``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away.
 """
 from __future__ import annotations
 
