@@ -12,6 +12,21 @@ penalized model's parameter gradients equal the explicit-penalty oracle built fr
 outputs are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a
 worker that dies is replaced and the model recorded as crashed.
 
+The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
+and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
+hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
+sizes) is the one source of both the model's shapes and its inputs.
+
+What is not a site (decided, not a probe gap to hide; such a model stays in the denominator as "no site"):
+* hyper-connection mixing (DeepSeek-V4's mHC, HY-V4, Qwen4-exp, GLM-5-next): a layer's output is H·x + post ⊗ z, H a
+  learned, input-dependent mix of several residual streams and post a per-token gate on the branch output z. No
+  operand is the unchanged stream and z enters only through a per-sample gate, so this is not a residual add
+  x + c·z (c constant) and the probe finds no site. A user can still penalize z by naming the branch ends
+  (`sites=[...]`: the attention and MLP modules).
+* I-BERT's quantized add: the skip is added inside the activation quantizer (`QuantAct(x, identity=skip)`: identity + x,
+  on re-quantized integer values in quant mode), not by the block, so no add in a numbered layer takes a branch
+  output and a skip: no site (in quant mode the add is not of z at all but of its quantized value).
+
     OMP_NUM_THREADS=1 python benchmarks/coverage.py --library transformers --every 3 --timeout 60 \
         --out benchmarks/results/coverage.md
     OMP_NUM_THREADS=1 python benchmarks/coverage.py --library timm --timeout 60 --out benchmarks/results/coverage.md
@@ -74,7 +89,8 @@ def sample(names: list[str], every: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------- building
 _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "hidden_dim": 32, "dim": 32,
-          "word_embed_proj_dim": 32, "projection_dim": 32, "text_embed_dim": 32, "vision_embed_dim": 32}
+          "word_embed_proj_dim": 32, "projection_dim": 32, "projection_size": 32, "text_embed_dim": 32,
+          "vision_embed_dim": 32}
 _DEPTH = {"num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2,
           "decoder_layers": 2, "num_encoder_layers": 2, "num_decoder_layers": 2, "depth": 2}
 _HEADS = {"num_attention_heads": 2, "n_head": 2, "n_heads": 2, "encoder_attention_heads": 2,
@@ -83,12 +99,15 @@ _HEADS = {"num_attention_heads": 2, "n_head": 2, "n_heads": 2, "encoder_attentio
 _FFN = {"intermediate_size": 64, "ffn_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "n_inner": 64,
         "d_ff": 64, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "head_dim": 16, "d_kv": 16,
         "rotary_dim": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 16,
-        "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
+        "q_lora_rank": 16, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "num_experts_per_token": 2}
 
 
-_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$"), 32), (re.compile(r"num_attention_heads$"), 2),
+_PREFIXED = [(re.compile(r"(hidden_size|hidden_dim|embed_dim)$|^hidden_size_|^embedding_(size|dim)$"), 32),
+             (re.compile(r"num_attention_heads$"), 2),
              (re.compile(r"num_key_value_heads$"), 2), (re.compile(r"num_hidden_layers$"), 2),
              (re.compile(r"intermediate_size$"), 64)]
+_STAGE_WIDTHS = re.compile(r"_per_stage$|channel_list$")  # width lists scaled together (smallest → 32, the width)
 _MROPE_TYPES = re.compile(r"vl|glm|omni|video|image")  # text models that may use multimodal RoPE sections
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
 
@@ -108,7 +127,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
         for k, v in table.items():
-            if k in aliases:  # e.g. ConvNext's num_hidden_layers is its number of stages
+            if aliases.get(k, k) != k:  # an alias of another field (ConvNext: num_hidden_layers = num_stages)
                 continue
             cur = getattr(cfg, k, None)
             if isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
@@ -125,6 +144,17 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 16 * 2 ** i) for i, x in enumerate(cur)))
+    size, patch = getattr(cfg, "image_size", None), _int(cfg, "patch_size") or 1  # 1024 px and over (SAM): a quarter
+    big = (isinstance(size, int) and not isinstance(size, bool) and size >= 1024) or (  # (whole patches), with
+        isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x >= 1024 for x in size))  # what
+    if big:  # is derived from it on the same config
+        _set(cfg, "image_size", size // 4 // patch * patch if isinstance(size, int) else [x // 4 for x in size])
+        if _int(cfg, "image_embedding_size"):
+            _set(cfg, "image_embedding_size", max(1, cfg.image_embedding_size // 4))
+    for k, cur in list(vars(cfg).items()):  # per-stage widths that other lists repeat in another order (SAM2's
+        if (_STAGE_WIDTHS.search(k) and isinstance(cur, (list, tuple)) and cur  # Hiera stages and its neck's
+                and all(isinstance(x, int) and x > 0 for x in cur) and min(cur) > 32):  # channel list, reversed)
+            _set(cfg, k, type(cur)(x * 32 // min(cur) for x in cur))  # one scale: the lists stay consistent
     for k in ("depths", "num_layers_per_stage", "layers", "block_repeats"):
         cur = getattr(cfg, k, None)
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
@@ -133,6 +163,22 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen, kv_heads)
+    _from_backbone(cfg)
+
+
+def _from_backbone(cfg) -> None:
+    """Fields of a config derived from its shrunk backbone (after the sub-configs are shrunk)."""
+    # a detection transformer's encoder reads the backbone's stages at out_indices and feeds its own width to the
+    # decoder (RT-DETR, D-FINE): encoder_in_channels / decoder_in_channels derived from the shrunk widths
+    bb, enc_in = getattr(cfg, "backbone_config", None), getattr(cfg, "encoder_in_channels", None)
+    idx = getattr(bb, "out_indices", None)
+    widths = getattr(bb, "stage_out_channels", None) or getattr(bb, "hidden_sizes", None)
+    if (isinstance(enc_in, (list, tuple)) and isinstance(idx, (list, tuple)) and isinstance(widths, (list, tuple))
+            and len(idx) >= len(enc_in) and all(0 < i <= len(widths) for i in idx)):  # the deepest stages
+        _set(cfg, "encoder_in_channels", type(enc_in)(widths[i - 1] for i in idx[len(idx) - len(enc_in):]))
+    dec_in, enc_w = getattr(cfg, "decoder_in_channels", None), _int(cfg, "encoder_hidden_dim")
+    if isinstance(dec_in, (list, tuple)) and enc_w:
+        _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
 
 
 def _int(cfg, k):
@@ -169,13 +215,30 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
     for k in ("rope_parameters", "rope_scaling"):
         rp = getattr(cfg, k, None)
         sec = rp.get("mrope_section") if isinstance(rp, dict) else None
+        partial = (rp.get("partial_rotary_factor") if isinstance(rp, dict) else None) or getattr(
+            cfg, "partial_rotary_factor", None)
+        rot = head_dim  # M-RoPE sections split the rotary part of a head
+        if rot and isinstance(partial, float) and 0 < partial < 1:
+            rot = int(rot * partial)
         if isinstance(rp, dict) and sec is None and _MROPE_TYPES.search(str(getattr(cfg, "model_type", ""))):
             sec = [16, 24, 24]  # the modeling code's default, for a head_dim of 128
-        if head_dim and isinstance(sec, (list, tuple)) and sec and sum(sec) != head_dim // 2:
-            half = head_dim // 2
+        if rot and isinstance(sec, (list, tuple)) and sec and sum(sec) != rot // 2:
+            half = rot // 2
             new = [max(1, x * half // sum(sec)) for x in sec]
             new[0] += half - sum(new)
             rp["mrope_section"] = type(sec)(new)
+    # a backbone whose outputs are taken at layers beyond the shrunk depth (a ViT backbone of a depth or detection
+    # model, out_indices [2, 5, 8, 11]): the same number of outputs at the last layers of a depth that has them
+    idx, depth, names = getattr(cfg, "out_indices", None), _int(cfg, "num_hidden_layers"), getattr(
+        cfg, "stage_names", None)
+    stages = getattr(cfg, "depths", None)
+    if (isinstance(idx, (list, tuple)) and idx and depth and isinstance(names, list) and names
+            and names[0] == "stem" and max(idx) > depth and not isinstance(stages, (list, tuple))):
+        # (a stage of a hierarchical backbone with `depths`, Swin's, is not a layer: its stages stay as they are)
+        n = max(depth, len(idx))
+        _set(cfg, "num_hidden_layers", n)
+        _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])
+        _set(cfg, "out_indices", list(range(n - len(idx) + 1, n + 1)))
 
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
@@ -491,6 +554,8 @@ def run_one(library: str, name: str, timeout: float) -> dict:
             break
         tried.append(f"{rec['config']}: {rec['status']}")
         rec = _run_level(library, name, level, timeout)
+    if rec is first:  # not retried (a timeout at the small config: a retry would time out too)
+        return rec
     if rec["status"] in _RETRY or rec["status"] == "timeout":
         first = dict(first, cause=first.get("cause", "") + " [retried: " + "; ".join(
             tried[1:] + [f"{rec['config']}: {rec['status']} {rec.get('cause', '')[:80]}"]) + "]")

@@ -1,8 +1,16 @@
 """Example inputs for the generic probe on a transformers model (registered with `hf_penal.discovery.inputs`).
 
-They are read from the model's config: token ids below its vocabulary size that avoid its special tokens, pixels at
-its image size and channel count (frames for video models), audio features at its mel-bin / feature width or raw
-samples, decoder ids for encoder-decoders.
+They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its
+special tokens, pixels at its image size and channel count (frames for video models), audio features at its mel-bin
+/ feature width or raw samples, decoder ids for encoder-decoders, and the encoder's main input where the model's is a
+generic `inputs`. Pixel inputs take the layout the forward names: flattened patches with their grid for NaFlex
+(``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's ``flattened_patches``. A
+forward's other required arguments are built by their name (`_required_alternatives`): patch grids of Qwen2-VL-style
+vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as ``hidden_states`` /
+``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels × image size),
+vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's input or hidden
+width), time-series context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids,
+``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away.
 """
 from __future__ import annotations
 
@@ -56,6 +64,163 @@ def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
     return [torch.randn(BATCH, mel, frames, generator=g), torch.randn(BATCH, frames, width, generator=g)]
 
 
+def _first_int(cfgs, *names, default: int | None = None) -> int | None:
+    """The first positive int (or the first element of a list of ints) among `names` on the configs, in order."""
+    for c in cfgs:
+        for n in names:
+            v = getattr(c, n, None)
+            if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) for x in v):
+                v = v[0]
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return default
+
+
+def _vision_cfgs(cfg) -> list:
+    return [c for c in (_sub(cfg, "vision_config"), cfg) if c is not None]
+
+
+def _patch_grid(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A Qwen2-VL-style vision tower's inputs for BATCH images: the patches flattened to (patches, channels ×
+    temporal patch × patch²) and grid_thw (BATCH, 3) = (1, h, w) each, h = w = 2 merge windows; and the merge size."""
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=14)
+    tp = _first_int(cs, "temporal_patch_size", "patch_temporal", default=1)
+    ch = _first_int(cs, "in_channels", "num_channels", "in_chans", default=3)
+    merge = _first_int(cs, "spatial_merge_size", "merge_size", default=1)
+    side = 2 * merge
+    grid = torch.tensor([[1, side, side]] * BATCH)
+    patches = torch.randn(BATCH * side * side, ch * tp * p * p, generator=generator())
+    return patches, grid, merge
+
+
+def _video(cfg) -> torch.Tensor:
+    """(BATCH, frames, channels, height, width): the config's frame count (2 temporal tubelets when it has none or
+    more than 16) at its image / crop size."""
+    cs = _vision_cfgs(cfg)
+    tube = getattr(cs[0], "tubelet_size", None)
+    tube = tube[0] if isinstance(tube, (list, tuple)) and tube else tube
+    tube = tube if isinstance(tube, int) and tube > 0 else 1
+    frames = _first_int(cs, "num_frames", "frames_per_clip")
+    frames = frames if frames and frames <= 16 else 2 * tube
+    size = next((getattr(c, k) for c in cs for k in ("image_size", "crop_size") if getattr(c, k, None)), None)
+    h, w = size2(size, 32)
+    ch = _first_int(cs, "num_channels", "in_chans", "in_channels", default=3)
+    return torch.randn(BATCH, frames, ch, h, w, generator=generator())
+
+
+def _states(cfg) -> list[torch.Tensor]:
+    """Hidden states a tower takes from its parent model: (BATCH, SEQ, width) at the config's input width
+    (`input_dim`, `encoder_hidden_size`, ...) and at its hidden size."""
+    widths = [_first_int([cfg], n) for n in ("input_dim", "input_size", "hidden_size", "hidden_dim", "d_model")]
+    return [torch.randn(BATCH, SEQ, w, generator=generator()) for w in dict.fromkeys(x for x in widths if x)]
+
+
+def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
+    """Alternatives for a required forward argument, by its name; None for a name this module does not build."""
+    grid = "grid_thw" in required
+    if name == "grid_thw":
+        return [_patch_grid(cfg)[1]]
+    if name == "merge_sizes":
+        return [torch.full((BATCH,), _patch_grid(cfg)[2])]
+    if grid and name in ("hidden_states", "pixel_values") and name == next(
+            n for n in required if n in ("hidden_states", "pixel_values")):
+        return [_patch_grid(cfg)[0]]
+    if name == "pixel_values_videos":
+        return [_video(cfg)]
+    if name == "pixel_values":
+        return [_pixels(cfg)]
+    if name in ("input_values", "input_features"):
+        return _audio_alternatives(cfg, name)
+    if name == "spectrogram":  # a vocoder's mel frames: (batch, frames, mel bins)
+        mel = _first_int([cfg], "model_in_dim", "num_mel_bins", default=80)
+        return [torch.randn(BATCH, SEQ, mel, generator=generator())]
+    if name in ("hidden_states", "context", "encoder_hidden_states", "inputs_embeds"):
+        return _states(cfg)
+    if name == "past_values":  # a time-series model's context: (batch, 4 patches)
+        n = 4 * _first_int([cfg], "patch_length", "patch_len", default=8)
+        return [torch.randn(BATCH, n, generator=generator())]
+    if name == "attention_mask":
+        return [torch.ones(BATCH, SEQ, dtype=torch.long)]
+    if name == "input_ids":
+        return [_token_ids(_sub(cfg, "text_config", "decoder", "text_encoder"))]
+    return None
+
+
+def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
+    """Towers that take pixel values as flattened patches with their grid (a forward with ``spatial_shapes``:
+    NaFlex; or with ``pixel_position_ids``: (x, y) per patch): (BATCH, side², channels × patch²) on a side × side
+    grid, side = 4 (twice the pooling kernel where the config pools patches), with the grid and an all-ones patch
+    mask where the forward takes one."""
+    if "spatial_shapes" not in params and "pixel_position_ids" not in params:
+        return cands
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=16)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    side = max(4, 2 * _first_int(cs, "pooling_kernel_size", default=1))
+    extra = {"pixel_values": torch.randn(BATCH, side * side, ch * p * p, generator=generator())}
+    if "spatial_shapes" in params:
+        extra["spatial_shapes"] = torch.tensor([[side, side]] * BATCH)
+    if "pixel_position_ids" in params:
+        ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        extra["pixel_position_ids"] = torch.stack([xs, ys], -1).reshape(1, -1, 2).repeat(BATCH, 1, 1)
+    if "pixel_attention_mask" in params:
+        extra["pixel_attention_mask"] = torch.ones(BATCH, side * side, dtype=torch.long)
+    done = [{**c, **extra} for c in cands if "pixel_values" in c and not extra.keys() <= c.keys()]
+    return done + [c for c in cands if "pixel_values" not in c] if done else cands
+
+
+def _flattened_patches(cfg) -> torch.Tensor:
+    """Pix2Struct-style patches: (BATCH, 16, 2 + patch width), each row's first two entries its (row, column) on a
+    4 × 4 grid, the patch width the config's ``patch_embed_hidden_size`` (or channels × patch²)."""
+    cs = _vision_cfgs(cfg)
+    width = _first_int(cs, "patch_embed_hidden_size") or (
+        _first_int(cs, "num_channels", default=3) * _first_int(cs, "patch_size", default=16) ** 2)
+    x = torch.randn(BATCH, 16, 2 + width, generator=generator())
+    x[:, :, 0] = (torch.arange(16) // 4).float()
+    x[:, :, 1] = (torch.arange(16) % 4).float()
+    return x
+
+
+def _feature_masks(params, cands: list[dict]) -> list[dict]:
+    """An all-ones frame mask (BATCH, frames: the longer of the features' two inner axes) for audio features where
+    the forward takes one by name (``input_features_mask``), which some encoders read unconditionally."""
+    if "input_features_mask" not in params:
+        return cands
+    out = []
+    for c in cands:
+        f = c.get("input_features")
+        if torch.is_tensor(f) and f.dim() == 3 and "input_features_mask" not in c:
+            c = {**c, "input_features_mask": torch.ones(BATCH, max(f.shape[1], f.shape[2]), dtype=torch.long)}
+        out.append(c)
+    return out
+
+
+def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
+    """Each candidate completed with the forward's required arguments it lacks (one candidate per alternative of
+    the built ones, aligned: the i-th alternative of each); a forward none of whose candidates covers its required
+    arguments gets candidates of those arguments alone."""
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not required:
+        return cands
+    grid = "grid_thw" in required
+    patches = next((n for n in required if n in ("hidden_states", "pixel_values")), None) if grid else None
+    out = []
+    for base in cands or [{}]:
+        base = {k: v for k, v in base.items() if k != patches}  # a grid's patches come flattened, not as images
+        missing = [n for n in required if n not in base]
+        alts = {n: _required_alternatives(cfg, n, required) for n in missing}
+        if any(v is None for v in alts.values()):
+            continue
+        n_alt = max((len(v) for v in alts.values()), default=1)
+        for i in range(n_alt):
+            cand = {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base}
+            if all(cand.keys() != c.keys() or any(cand[k] is not c[k] for k in c) for c in out):
+                out.append(cand)
+    return out or cands
+
+
 def _keyword_candidates(model: nn.Module) -> list[dict]:
     """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
     the config's image size and channels, audio features or samples), with pixel values and token ids too where
@@ -66,24 +231,47 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     except (TypeError, ValueError):
         params = {}
     main = getattr(model, "main_input_name", "input_ids") or "input_ids"
+    enc_main = getattr(getattr(model, "encoder", None), "main_input_name", None)
+    if main not in ("input_ids", "pixel_values", "input_features", "input_values") and enc_main in params:
+        main = enc_main  # an encoder-decoder whose main input is `inputs`: the encoder's (input_values)
     text = _sub(cfg, "text_config", "decoder", "text_encoder")
     make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
             "input_features": lambda: _audio_alternatives(cfg, "input_features"),
-            "input_values": lambda: _audio_alternatives(cfg, "input_values")}
+            "input_values": lambda: _audio_alternatives(cfg, "input_values"),
+            "pixel_values_videos": lambda: [_video(cfg)], "flattened_patches": lambda: [_flattened_patches(cfg)]}
     extra = {}
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         extra["decoder_input_ids"] = _token_ids(_sub(cfg, "decoder", "text_config"), 4)
     if "use_cache" in params:  # no cache objects: hybrid (linear-attention) caches refuse some queries
         extra["use_cache"] = False
-    mains = make[main]() if main in make else []
+    named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    # a main input the forward does not name (a tower whose config says input_ids, whose forward takes patches)
+    mains = make[main]() if main in make and (main in params or not named) else []
     others = {n: make[n]()[0] for n in ("input_ids", "pixel_values") if n != main and n in params}
     cands = [{main: m, **others, **extra} for m in mains] if others else []
     cands += [{main: m, **extra} for m in mains]
     cands += [{n: v, **extra} for n, v in others.items()]
     dummy = getattr(model, "dummy_inputs", None)
-    if isinstance(dummy, dict) and dummy:  # the model's own (token ids, plus whatever it adds)
-        cands.append(dict(dummy))
-    return cands
+    dummy = {k: v for k, v in dummy.items() if k in params or not named} if isinstance(dummy, dict) else {}
+    if dummy:  # the model's own (token ids, plus whatever it adds), where the forward names them
+        cands.append(dummy)
+    # last resorts: codebook-interleaved ids (one row per codebook and sample), audio features where the forward
+    # takes them besides its main input, embeddings instead of ids (a forward that refuses ids)
+    books = _first_int([text], "num_codebooks")
+    if main == "input_ids" and mains and books and books > 1:
+        cands.append({"input_ids": _token_ids(text).repeat_interleave(books, 0), **extra})
+    if main != "input_features" and "input_features" in params:
+        feats = _audio_alternatives(cfg, "input_features")
+        cands += [{main: mains[0], "input_features": f, **extra} for f in feats if mains]
+        cands += [{"input_features": f, **extra} for f in feats]
+    if main == "pixel_values" and mains and mains[0].dim() == 4 and mains[0].shape[-2:] != (224, 224):
+        # a convolutional net whose config names no image size and that pools below the default (OCR heads)
+        cands.append({"pixel_values": torch.randn(BATCH, mains[0].shape[1], 224, 224, generator=generator()),
+                      **extra})
+    width = _first_int([text], "hidden_size", "d_model")
+    if "inputs_embeds" in params and width:
+        cands.append({"inputs_embeds": torch.randn(BATCH, SEQ, width, generator=generator()), **extra})
+    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
