@@ -83,8 +83,9 @@ def timm_families() -> list[str]:
     return [min(v, key=rank) for _, v in sorted(fams.items())]
 
 
-def sample(names: list[str], every: int) -> list[str]:
-    return names[::every] if every > 1 else names
+def sample(names: list[str], every: int, offset: int = 0) -> list[str]:
+    """Every `every`-th name from position `offset` (a held-out sample: an offset other than the one tuned on)."""
+    return names[offset::every] if every > 1 else names
 
 
 # ----------------------------------------------------------------------------------------------------- building
@@ -612,10 +613,10 @@ def summarize(recs: list[dict]) -> dict:
                 no_residual=len(plain), residual=residual)
 
 
-def table(library: str, recs: list[dict], command: str, rule: str) -> str:
+def table(title: str, recs: list[dict], command: str, rule: str) -> str:
     s = summarize(recs)
     pct = (lambda a, b: f"{100 * a / b:.0f} %" if b else "-")  # noqa: E731
-    lines = [f"## {library}", "", f"Command: `{command}`  ", f"Sample: {rule}", "",
+    lines = [f"## {title}", "", f"Command: `{command}`  ", f"Sample: {rule}", "",
              f"- models tried: {s['total']}; built (small config, or a fallback config for transformers): "
              f"{s['built']}; measured (built, ran within the time limit): {s['measured']}",
              f"- **coverage: {s['ok']} / {s['measured']} = {pct(s['ok'], s['measured'])}** of measured models have a "
@@ -669,6 +670,8 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--library", choices=["transformers", "timm"], default="transformers")
     p.add_argument("--every", type=int, default=1, help="deterministic sample: every N-th name in sorted order")
+    p.add_argument("--offset", type=int, default=0,
+                   help="with --every N: start at this position (0 to N-1); 1 or 2 give samples disjoint from 0's")
     p.add_argument("--names", nargs="*", help="these model types / timm names only")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per model (build + probe + checks)")
     p.add_argument("--out", default=None, help="markdown file to (re)write this library's section of")
@@ -686,10 +689,13 @@ def main(argv=None) -> list[dict]:
         names, rule = a.names, f"the {len(a.names)} named models"
     else:
         every = transformers_types() if a.library == "transformers" else timm_families()
-        names = sample(every, a.every)
+        if not 0 <= a.offset < max(a.every, 1):
+            raise SystemExit(f"--offset must be in 0..{max(a.every, 1) - 1}; got {a.offset}")
+        names = sample(every, a.every, a.offset)
         rule = (f"{len(names)} of {len(every)} " + ("model types in sorted order" if a.library == "transformers"
                                                      else "timm families (smallest-named model each)")
-                + (f", every {a.every}-th (deterministic, evenly spaced)" if a.every > 1 else ", all"))
+                + (f", every {a.every}-th (deterministic, evenly spaced)" if a.every > 1 else ", all")
+                + (f", from position {a.offset}" if a.offset else ""))
     if a.from_json:
         merged: dict[str, dict] = {}
         for f in a.from_json:
@@ -709,8 +715,11 @@ def main(argv=None) -> list[dict]:
                                                                            (argv if argv is not None else sys.argv[1:]))
     if a.json:
         Path(a.json).write_text(json.dumps(recs, indent=1))
-    if a.out:
-        write_section(Path(a.out), a.library, table(a.library, recs, command, rule))
+    if a.out:  # a sample from another offset is held out: its own section
+        key, title = a.library, a.library
+        if a.offset and not a.names:
+            key, title = f"{a.library}-offset{a.offset}", f"{a.library}, held-out sample (from position {a.offset})"
+        write_section(Path(a.out), key, table(title, recs, command, rule))
     s = summarize(recs)
     print(json.dumps(s))
     return recs

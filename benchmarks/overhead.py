@@ -528,8 +528,8 @@ def render_compile(results, args, device, elapsed, command=None) -> str:
              "factor are buffers, read as tensors inside the graph). The run sets "
              "`torch._dynamo.config.skip_nnmodule_hook_guards = False`: with dynamo's default (`True`) it does not "
              "guard on module hooks, and the penal copy, compiled after a plain copy of the same class, would "
-             "silently reuse plain's graph (checked: plain gradients, no new graph; `import hf_penal` now sets this for "
-             "every process); the stricter guards can only "
+             "silently reuse plain's graph (checked: plain gradients, no new graph; `import hf_penal` now sets "
+             "this for every process); the stricter guards can only "
              "add recompiles, so 0 here means 0 under the default too. **AOTAutograd cache**: "
              "`counters[\"aot_autograd\"]` over steps 1+2 of the first round (a miss compiles and saves, a hit "
              "reuses, a bypass compiles without caching).", ""]
