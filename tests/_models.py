@@ -85,6 +85,17 @@ def saved(arch: str, tmp_path) -> tuple:
     return d, auto, inputs
 
 
+def float_outputs(out) -> list:
+    """The floating-point tensors of a model's output (a tensor, a ModelOutput / dict, or nested tuples), in order."""
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in float_outputs(o)]
+    return []
+
+
 def hf_loss(inputs):
     return lambda model: model(**inputs).loss
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
+from _models import float_outputs
 from _oracle import grads, rel_err
 from torch import nn
 
@@ -24,22 +25,12 @@ TAU = 1e-2
 L = 2
 
 
-def _floats(out):
-    if torch.is_tensor(out):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _floats(o)]
-    return []
-
-
 def _loss(args=(), kwargs=None):
     kwargs = kwargs or {}
 
     def loss(m):
         torch.manual_seed(0)
-        return sum(t.float().square().mean() for t in _floats(m(*args, **kwargs)))
+        return sum(t.float().square().mean() for t in float_outputs(m(*args, **kwargs)))
     return loss
 
 
@@ -64,7 +55,7 @@ def _check_oracle(vanilla, model, zspec, n_sites, args=(), kwargs=None):
     loss = _loss(args, kwargs)
     vanilla.eval(), model.eval()
     with torch.no_grad():
-        a, b = _floats(vanilla(*args, **(kwargs or {}))), _floats(model(*args, **(kwargs or {})))
+        a, b = float_outputs(vanilla(*args, **(kwargs or {}))), float_outputs(model(*args, **(kwargs or {})))
     assert a and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
     g_plain, l_plain, _ = grads(vanilla, loss)
     g_oracle, _, fired = grads(vanilla, loss, zspec, TAU)

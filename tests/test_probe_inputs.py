@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import torch
 import transformers as T
+from _models import float_outputs
 from _oracle import grads, rel_err
 
 import hf_penal
@@ -19,16 +20,6 @@ from hf_penal.discovery.inputs import probe_inputs
 
 TAU = 1e-2
 L = 2
-
-
-def _floats(out):
-    if torch.is_tensor(out):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _floats(o)]
-    return []
 
 
 def _perturbed(model):
@@ -65,10 +56,10 @@ def _check(model, kinds: dict | None) -> dict:
 
     def loss(m):
         torch.manual_seed(0)
-        return sum(t.float().square().mean() for t in _floats(m(**kwargs)))
+        return sum(t.float().square().mean() for t in float_outputs(m(**kwargs)))
     model.eval(), penal.eval()
     with torch.no_grad():
-        a, b = _floats(model(**kwargs)), _floats(penal(**kwargs))
+        a, b = float_outputs(model(**kwargs)), float_outputs(penal(**kwargs))
     assert a and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
     zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
     g_plain, _, _ = grads(model, loss)
