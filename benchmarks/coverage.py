@@ -1,18 +1,18 @@
 """Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
 
-For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1
-key/value head where such fields exist, with the fields derived from them kept consistent; a model that does not
-build or run at that config is retried with as many key/value heads as query heads, then with only its depth shrunk,
-then at its default config when that has at most 200 M parameters; after shrinking, the fields the config class
-itself derives in its __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's
-attention_head_dim = 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off;
-timm: the smallest-named model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it builds, the sites
-found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose class ends in
-Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the
-penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
-(`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval
-outputs are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a
-worker that dies is replaced and the model recorded as crashed.
+For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
+head where such fields exist, with the fields derived from them kept consistent; a model that does not build or run at
+that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
+config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
+__init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
+model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
+builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
+class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),
+whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
+(`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
+are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
+dies is replaced and the model recorded as crashed.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
