@@ -1,16 +1,18 @@
 """Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
 
-For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1
-key/value head where such fields exist, with the fields derived from them kept consistent; a model that does not
-build or run at that config is retried with as many key/value heads as query heads, then with only its depth shrunk,
-then at its default config when that has at most 200 M parameters; timm: the smallest-named model of each family,
-img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it builds, the sites
-found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose class ends in
-Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the
-penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
-(`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval
-outputs are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a
-worker that dies is replaced and the model recorded as crashed.
+For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
+head where such fields exist, with the fields derived from them kept consistent; a model that does not build or run at
+that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
+config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
+__init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
+model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
+builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
+class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),
+whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
+(`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
+are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
+dies is replaced and the model recorded as crashed.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
@@ -182,6 +184,80 @@ def _from_backbone(cfg) -> None:
         _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
 
 
+_TABLE_KEYS = {*_WIDTH, *_DEPTH, *_HEADS, *_FFN}
+
+
+def _is_config(v) -> bool:
+    return hasattr(v, "to_dict") and hasattr(v, "model_type")
+
+
+def _fields(cfg) -> dict:
+    return {k: v for k, v in vars(cfg).items() if not k.startswith("_") and not _is_config(v)}
+
+
+@contextlib.contextmanager
+def _no_class_validators(cls):
+    """The class-level checks of a config class (a strict dataclass's `__class_validators__`, run at the end of
+    __init__) off for a while: the in-place shrinking path does not run them either (only field types are checked on
+    assignment), and a construction from the shrunk fields alone fails them (54 layer types for 2 layers)."""
+    saved = [(c, c.__dict__["__class_validators__"]) for c in cls.__mro__ if "__class_validators__" in c.__dict__]
+    try:
+        for c, _ in saved:
+            c.__class_validators__ = []
+        yield
+    finally:
+        for c, v in saved:
+            c.__class_validators__ = v
+
+
+def _rederive(cfg, before, seen=None) -> None:
+    """Fields a config class derives in its __init__ from the ones `_shrink` changed (Zamba2's attention_head_dim
+    = 2 * hidden / heads and attention_hidden_size = 2 * hidden, a composite's fields set on its sub-configs: BLT's
+    encoder_cross_output_size) computed again by the class itself, sub-configs first. `before`: the config as it was
+    before shrinking. The derived fields are found on the class: those that differ between its default construction
+    and a construction with only the shrunk table fields (_WIDTH, _DEPTH, _HEADS, _FFN); the config is then built from
+    all its fields but those (sub-configs: the shrunk ones), and the derived fields, with what its __init__ sets on
+    its sub-configs (where `_shrink` did not set them), are copied back. Where a construction raises, the config
+    stays as it is."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    subs = {k: v for k, v in vars(cfg).items() if _is_config(v) and _is_config(getattr(before, k, None))}
+    for k, sub in subs.items():
+        _rederive(sub, getattr(before, k), seen)
+    old, cur = _fields(before), _fields(cfg)
+    changed = {k for k, v in cur.items() if k not in old or old[k] != v}
+    if not changed and all(_fields(sub) == _fields(getattr(before, k)) for k, sub in subs.items()):
+        return
+    primary = {k: cur[k] for k in changed if k in _TABLE_KEYS}
+    cls = type(cfg)
+    try:
+        with _no_class_validators(cls):
+            base, moved = _fields(cls()), _fields(cls(**copy.deepcopy(primary)))
+    except Exception:  # noqa: BLE001 - a class that needs arguments or rejects the shrunk fields alone
+        return
+    derived = [k for k in cur if k not in primary and k in moved and base.get(k) != moved[k]]
+    kwargs = {k: copy.deepcopy(v) for k, v in vars(cfg).items() if not k.startswith("_") and k not in derived}
+    try:
+        with _no_class_validators(cls):
+            new_cfg = cls(**kwargs)
+    except Exception:  # noqa: BLE001
+        return
+    new = _fields(new_cfg)
+    for k in derived:
+        if k in new and new[k] != cur[k]:
+            _set(cfg, k, new[k])
+    for k, sub in subs.items():  # what the composite's __init__ sets on its sub-configs
+        new_sub, old_sub = getattr(new_cfg, k, None), _fields(getattr(before, k))
+        if type(new_sub) is not type(sub):
+            continue
+        mine = _fields(sub)
+        for f, v in _fields(new_sub).items():
+            if f in mine and mine[f] != v and old_sub.get(f) == mine[f]:
+                _set(sub, f, v)
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -287,10 +363,13 @@ def build_transformers(model_type: str, level: str = "small"):
     import transformers as T
     from transformers.models.auto import modeling_auto as MA
     cfg = T.AutoConfig.for_model(model_type)
+    before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
     elif level == "shallow":
         _shallow(cfg)
+    if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
+        _rederive(cfg, before)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]

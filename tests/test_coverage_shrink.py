@@ -53,3 +53,31 @@ def test_a_hierarchical_backbones_stages_are_not_taken_for_layers():
     """Swin's out_indices count stages (its `depths`), not layers: the small config keeps them."""
     bb = _small("grounding-dino").backbone_config
     assert list(bb.out_indices) == list(T.AutoConfig.for_model("grounding-dino").backbone_config.out_indices)
+
+
+def _small_rederived(model_type):
+    import copy
+    cfg = T.AutoConfig.for_model(model_type)
+    before = copy.deepcopy(cfg)
+    coverage._shrink(cfg)
+    coverage._rederive(cfg, before)
+    return cfg
+
+
+def test_fields_the_config_class_derives_from_the_shrunk_ones_are_derived_again():
+    """Zamba2's __init__ sets attention_head_dim = 2 * hidden / heads and attention_hidden_size = 2 * hidden: the
+    class itself computes them again from the small widths (they are found by construction, not named here)."""
+    cfg = _small_rederived("zamba2")
+    assert cfg.attention_head_dim == 2 * cfg.hidden_size // cfg.num_attention_heads
+    assert cfg.attention_hidden_size == 2 * cfg.hidden_size
+
+
+def test_what_a_composite_config_sets_on_its_sub_configs_is_derived_again():
+    """BLT's __init__ sets the global transformer's encoder_cross_output_size from the local encoder's width."""
+    cfg = _small_rederived("blt")
+    assert cfg.global_config.encoder_cross_output_size == cfg.encoder_config.hidden_size * cfg.cross_attn_k
+
+
+def test_rederiving_leaves_the_shrunk_fields_and_a_consistent_config_alone():
+    cfg = _small_rederived("llama")
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (32, 2, 1, 16)
