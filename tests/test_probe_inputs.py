@@ -1,8 +1,9 @@
 """Example inputs the probe builds from a transformers model's config for forwards that take more than ids, pixels or
 audio: patch grids of Qwen2-VL-style vision towers (`grid_thw` with flattened patches), video clips
 (`pixel_values_videos`), vocoder spectrograms, hidden states a tower takes from its parent, NaFlex patches with
-`spatial_shapes`, patches with `pixel_position_ids`, an `input_features_mask`, codebook-interleaved ids and
-`inputs_embeds` instead of ids. Each model is built from a tiny config, penalized with no example inputs given (the
+`spatial_shapes`, patches with `pixel_position_ids`, an `input_features_mask`, codebook-interleaved ids,
+`inputs_embeds` instead of ids, audio features at a feature projection's width / a nested config's mel bins / frames
+stacked k per row, and image pairs for keypoint matchers. Each model is built from a tiny config, penalized with no example inputs given (the
 probe builds them), and checked against the explicit-penalty oracle (`tests/_oracle.py`) on the inputs the probe ran,
 with bit-identical eval outputs."""
 import copy
@@ -179,3 +180,45 @@ def test_a_net_that_pools_below_a_small_image_runs_at_224_pixels():
     cfg = T.PPOCRV5MobileRecConfig(hidden_size=32, num_attention_heads=2, head_out_channels=50)
     kwargs = _check(T.PPOCRV5MobileRecModel(cfg), None)
     assert kwargs["pixel_values"].shape == (2, 3, 224, 224)
+
+
+def test_audio_features_at_the_width_a_feature_projection_names():
+    """Wav2Vec2-BERT projects (batch, frames, feature_projection_input_dim) features: the probe reads that width
+    (after the mel-bin layouts, which it does not match) and makes the frames the longer axis."""
+    cfg = T.Wav2Vec2BertConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                               feature_projection_input_dim=24, output_hidden_size=32, apply_spec_augment=False,
+                               layerdrop=0.0)
+    kwargs = _check(T.Wav2Vec2BertModel(cfg), None)
+    assert kwargs["input_features"].shape == (2, 48, 24)
+
+
+def test_audio_features_at_a_nested_configs_mel_bins_in_whole_stacking_windows():
+    """A model whose mel bins sit in a nested config (`asr_config`) and that stacks `subsampling_factor` frames per
+    row gets (batch, frames, mel) with frames a multiple of the factor, and a frame mask at those frames."""
+    asr = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=2,
+               num_key_value_heads=2, num_mel_bins=12, subsampling_factor=5)
+    dia = dict(audio_config=dict(asr), head_config=dict(hidden_size=32, audio_hidden_size=32, subsampling_factor=5),
+               streaming_config=dict(subsampling_factor=5))
+    cfg = T.Nemotron3_5TranscribeAudioConfig(asr_config=asr, diarization_config=dia)
+    kwargs = _check(T.Nemotron3_5TranscribeAudioModel(cfg), None)
+    assert kwargs["input_features"].shape == (2, 25, 12) and kwargs["input_features_mask"].shape == (2, 25)
+
+
+def test_audio_features_with_frames_stacked_k_per_row():
+    """Granite Speech 5 delta-expands and stacks its mel frames (width 4 × mel bins, no config field says so): a
+    last-resort layout of width mel × 2 / mel × 4."""
+    cfg = T.GraniteSpeech5EncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=L,
+                                        num_attention_heads=2, num_key_value_heads=2, head_dim=16, num_mel_bins=8,
+                                        context_size=8, vocab_size=40)
+    kwargs = _check(T.GraniteSpeech5Encoder(cfg), None)
+    assert kwargs["input_features"].shape == (2, 64, 32)
+
+
+def test_a_keypoint_matcher_gets_image_pairs():
+    """EfficientLoFTR takes both images of a pair at once, (batch, 2, channels, height, width): a last resort after
+    the 4-D images, built from them (the second image of each pair the first mirrored)."""
+    cfg = T.EfficientLoFTRConfig(stage_num_blocks=[1, 1, 1, 1], out_features=[16, 16, 32, 64], hidden_size=64,
+                                 fine_fusion_dims=[64, 32, 16], num_attention_layers=L, num_attention_heads=8,
+                                 num_key_value_heads=8, intermediate_size=64)
+    kwargs = _check(T.EfficientLoFTRModel(cfg), None)
+    assert kwargs["pixel_values"].shape == (2, 2, 3, 32, 32)

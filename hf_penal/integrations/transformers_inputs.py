@@ -10,7 +10,11 @@ vision towers (``grid_thw``, the patches flattened to channels × temporal patch
 ``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels × image size),
 vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's input or hidden
 width), time-series context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids,
-``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away.
+``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away; after all of
+those (so a model an earlier candidate runs keeps its inputs), audio features in further (frames, width) layouts
+(`_feature_layouts`: the width of a feature projection, the mel bins of a nested audio config with frames in whole
+stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2, channels, height, width) for keypoint
+matchers.
 """
 from __future__ import annotations
 
@@ -46,7 +50,9 @@ def _pixels(cfg) -> torch.Tensor:
     return torch.randn(shape, generator=generator())
 
 
-def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
+def _audio_alternatives(cfg, name: str, layouts: bool = True) -> list[torch.Tensor]:
+    """Audio inputs by name: raw samples (``input_values``) or features (``input_features``: (mel, frames) and
+    (frames, mel), then, where `layouts`, the last-resort layouts of `_feature_layouts`)."""
     a = _sub(cfg, "audio_config", "encoder_config")
     g = generator()
     if name == "input_values":
@@ -61,7 +67,35 @@ def _audio_alternatives(cfg, name: str) -> list[torch.Tensor]:
     frames = 2 * int(getattr(a, "max_source_positions", 0) or 32)
     per_channel = getattr(a, "input_feat_per_channel", None)
     width = int(per_channel) * int(getattr(a, "input_channels", 1) or 1) if per_channel else mel
-    return [torch.randn(BATCH, mel, frames, generator=g), torch.randn(BATCH, frames, width, generator=g)]
+    return [torch.randn(BATCH, mel, frames, generator=g), torch.randn(BATCH, frames, width, generator=g)] + [
+        torch.randn(BATCH, t, w, generator=g) for t, w in (_feature_layouts(cfg, mel, width) if layouts else [])]
+
+
+def _configs(cfg, depth: int = 3) -> list:
+    """The config and its nested sub-configs (any config-valued attribute: ``audio_config``, ``asr_config``,
+    ``semantic_model_config``, ...), breadth first."""
+    out, level = [cfg], [cfg]
+    for _ in range(depth):
+        level = [v for c in level for v in vars(c).values() if hasattr(v, "to_dict") and hasattr(v, "model_type")]
+        out += [c for c in level if all(c is not o for o in out)]
+    return out
+
+
+def _feature_layouts(cfg, mel: int, width: int) -> list[tuple[int, int]]:
+    """Last-resort (frames, width) layouts of audio features, after the (mel, frames) / (frames, mel) pair: the
+    width a feature projection names (``feature_projection_input_dim``), the mel bins of a nested audio config
+    (``asr_config``, ...), and frames stacked k per row (width mel × k, k = 2, 4: stacked or delta-expanded frames).
+    Frames: twice the width (so the frames are the longer axis), rounded up to a multiple of the config's
+    subsampling / stacking factor."""
+    cs = _configs(cfg)
+    widths = [_first_int(cs, "feature_projection_input_dim"), _first_int(cs, "num_mel_bins", "feature_size")]
+    widths += [mel * k for k in (2, 4)]
+    factor = _first_int(cs, "subsampling_factor", "stacking_factor", "frame_stacking", default=1)
+    out = []
+    for w in dict.fromkeys(x for x in widths if x and x not in (mel, width)):
+        t = -(-2 * w // factor) * factor
+        out.append((t, w))
+    return out
 
 
 def _first_int(cfgs, *names, default: int | None = None) -> int | None:
@@ -131,7 +165,7 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
     if name == "pixel_values":
         return [_pixels(cfg)]
     if name in ("input_values", "input_features"):
-        return _audio_alternatives(cfg, name)
+        return _audio_alternatives(cfg, name, layouts=False)
     if name == "spectrogram":  # a vocoder's mel frames: (batch, frames, mel bins)
         mel = _first_int([cfg], "model_in_dim", "num_mel_bins", default=80)
         return [torch.randn(BATCH, SEQ, mel, generator=generator())]
@@ -206,7 +240,7 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
         return cands
     grid = "grid_thw" in required
     patches = next((n for n in required if n in ("hidden_states", "pixel_values")), None) if grid else None
-    out = []
+    out, late = [], []
     for base in cands or [{}]:
         base = {k: v for k, v in base.items() if k != patches}  # a grid's patches come flattened, not as images
         missing = [n for n in required if n not in base]
@@ -218,7 +252,10 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
             cand = {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base}
             if all(cand.keys() != c.keys() or any(cand[k] is not c[k] for k in c) for c in out):
                 out.append(cand)
-    return out or cands
+        if "input_features" in missing:  # the last-resort feature layouts, after every aligned candidate
+            late += [{**{n: v[0] for n, v in alts.items()}, "input_features": f, **base}
+                     for f in _audio_alternatives(cfg, "input_features")[2:]]
+    return out + late or cands
 
 
 def _keyword_candidates(model: nn.Module) -> list[dict]:
@@ -236,7 +273,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         main = enc_main  # an encoder-decoder whose main input is `inputs`: the encoder's (input_values)
     text = _sub(cfg, "text_config", "decoder", "text_encoder")
     make = {"input_ids": lambda: [_token_ids(text)], "pixel_values": lambda: [_pixels(cfg)],
-            "input_features": lambda: _audio_alternatives(cfg, "input_features"),
+            "input_features": lambda: _audio_alternatives(cfg, "input_features", layouts=False),
             "input_values": lambda: _audio_alternatives(cfg, "input_values"),
             "pixel_values_videos": lambda: [_video(cfg)], "flattened_patches": lambda: [_flattened_patches(cfg)]}
     extra = {}
@@ -261,7 +298,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "input_ids" and mains and books and books > 1:
         cands.append({"input_ids": _token_ids(text).repeat_interleave(books, 0), **extra})
     if main != "input_features" and "input_features" in params:
-        feats = _audio_alternatives(cfg, "input_features")
+        feats = _audio_alternatives(cfg, "input_features", layouts=False)
         cands += [{main: mains[0], "input_features": f, **extra} for f in feats if mains]
         cands += [{"input_features": f, **extra} for f in feats]
     if main == "pixel_values" and mains and mains[0].dim() == 4 and mains[0].shape[-2:] != (224, 224):
@@ -271,6 +308,18 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     width = _first_int([text], "hidden_size", "d_model")
     if "inputs_embeds" in params and width:
         cands.append({"inputs_embeds": torch.randn(BATCH, SEQ, width, generator=generator()), **extra})
+    # after every earlier candidate (a model one of those runs gets the same inputs as before): audio features in
+    # the layouts of `_feature_layouts`, image pairs
+    late = _audio_alternatives(cfg, "input_features")[2:] if "input_features" in (main, *params) else []
+    if main == "input_features" and mains:
+        cands += [{main: f, **others, **extra} for f in late] if others else []
+        cands += [{main: f, **extra} for f in late]
+    elif main != "input_features" and "input_features" in params:
+        cands += [{main: mains[0], "input_features": f, **extra} for f in late if mains]
+        cands += [{"input_features": f, **extra} for f in late]
+    if main == "pixel_values" and mains and mains[0].dim() == 4:
+        # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
+        cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
     return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
 
 
