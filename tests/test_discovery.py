@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
-from _models import float_outputs
+from _models import float_outputs, perturbed
 from _oracle import grads, rel_err
 from torch import nn
 
@@ -34,19 +34,10 @@ def _loss(args=(), kwargs=None):
     return loss
 
 
-def _perturb(model):
-    """Zero-initialised branch ends and layer scales would hide the penalty: move every weight a little."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
-
-
 def _hf_pair(cls, cfg, tmp_path, **penal):
     torch.manual_seed(0)
     d = str(tmp_path / "m")
-    _perturb(cls(cfg)).save_pretrained(d)
+    perturbed(cls(cfg)).save_pretrained(d)
     return cls.from_pretrained(d), cls.from_pretrained(d, penal=True, penal_tau=TAU, **penal)
 
 
@@ -213,7 +204,7 @@ def _samvit(tmp_path, **penal):
     path = tmp_path / "samvit.safetensors"
     if not path.exists():
         torch.manual_seed(0)
-        save_file(_perturb(timm.create_model("samvit_base_patch16", num_classes=0, **kw)).state_dict(), str(path))
+        save_file(perturbed(timm.create_model("samvit_base_patch16", num_classes=0, **kw)).state_dict(), str(path))
     return timm.create_model("samvit_base_patch16", pretrained=True, num_classes=0,
                              pretrained_cfg_overlay=dict(file=str(path), num_classes=0), **kw, **penal)
 
@@ -231,7 +222,7 @@ def test_timm_sam_vit_windowed_blocks_go_through_the_probe(tmp_path):
 def _penalized_copy(model, x):
     """(model, penalized deepcopy) with perturbed weights, the sites the probe finds on x, and their oracle spec."""
     import copy
-    vanilla = _perturb(model)
+    vanilla = perturbed(model)
     penal = hf_penal.apply(copy.deepcopy(vanilla), tau=TAU, example_inputs=((x,), {}))
     found = hf_penal.sites(vanilla, (x,))
     return vanilla, penal, found, [(re.escape(s.name), s.output_index) for s in found]
@@ -313,7 +304,7 @@ def _botnet(tmp_path, **penal):
     path = tmp_path / "botnet.safetensors"
     if not path.exists():
         torch.manual_seed(0)
-        save_file(_perturb(timm.create_model("botnet26t_256", img_size=64, num_classes=3)).state_dict(), str(path))
+        save_file(perturbed(timm.create_model("botnet26t_256", img_size=64, num_classes=3)).state_dict(), str(path))
     return timm.create_model("botnet26t_256", pretrained=True, img_size=64, num_classes=3,
                              pretrained_cfg_overlay=dict(file=str(path), num_classes=3), **penal)
 
@@ -353,7 +344,7 @@ def test_transformers_model_without_buildable_inputs_names_example_inputs(tmp_pa
                                       n_positions=64)
     torch.manual_seed(0)
     d = str(tmp_path / "dt")
-    _perturb(T.DecisionTransformerModel(cfg)).save_pretrained(d)
+    perturbed(T.DecisionTransformerModel(cfg)).save_pretrained(d)
     with pytest.raises(S.ProbeFailedError, match="example_inputs="):
         T.DecisionTransformerModel.from_pretrained(d, penal=True)
     g = torch.Generator().manual_seed(1)

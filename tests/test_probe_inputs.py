@@ -3,9 +3,9 @@ audio: patch grids of Qwen2-VL-style vision towers (`grid_thw` with flattened pa
 (`pixel_values_videos`), vocoder spectrograms, hidden states a tower takes from its parent, NaFlex patches with
 `spatial_shapes`, patches with `pixel_position_ids`, an `input_features_mask`, codebook-interleaved ids,
 `inputs_embeds` instead of ids, audio features at a feature projection's width / a nested config's mel bins / frames
-stacked k per row, and image pairs for keypoint matchers. Each model is built from a tiny config, penalized with no example inputs given (the
-probe builds them), and checked against the explicit-penalty oracle (`tests/_oracle.py`) on the inputs the probe ran,
-with bit-identical eval outputs."""
+stacked k per row, and image pairs for keypoint matchers. Each model is built from a tiny config, penalized with no
+example inputs given (the probe builds them), and checked against the explicit-penalty oracle (`tests/_oracle.py`) on
+the inputs the probe ran, with bit-identical eval outputs."""
 import copy
 import re
 from collections import Counter
@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 import torch
 import transformers as T
-from _models import float_outputs
+from _models import float_outputs, perturbed
 from _oracle import grads, rel_err
 
 import hf_penal
@@ -21,14 +21,6 @@ from hf_penal.discovery.inputs import probe_inputs
 
 TAU = 1e-2
 L = 2
-
-
-def _perturbed(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
 
 
 def _probed(model) -> dict:
@@ -49,7 +41,7 @@ def _check(model, kinds: dict | None) -> dict:
     """Sites of the kinds expected, found with inputs the probe built; penalized gradients = explicit-penalty oracle
     on those inputs; eval outputs bit-identical. Returns the inputs the probe ran."""
     torch.manual_seed(0)
-    model = _perturbed(model)
+    model = perturbed(model)
     kwargs = _probed(model)
     found = hf_penal.sites(model)
     assert found and (kinds is None or Counter(s.kind for s in found) == kinds)
