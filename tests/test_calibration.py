@@ -5,21 +5,17 @@ gives ‖∂L/∂z_l‖ and ‖z_l‖, hence the expected τ_l; the explicit los
 the expected parameter gradients of every later step.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from _models import SPEC, hf_loss, saved
 from _oracle import grads as oracle_grads
 from _oracle import rel_err
+from _two_ranks import launch_two_ranks
 
 import hf_penal
 from hf_penal.calibration import calibrated_taus
 
-ROOT = Path(__file__).resolve().parents[1]
 RHO = 0.1
 
 
@@ -245,13 +241,7 @@ def test_tau_strings_from_a_command_line_parse():
 
 def test_two_ranks_hold_identical_taus_equal_to_one_process_on_the_global_batch(tmp_path):
     pytest.importorskip("accelerate")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-           str(ROOT / "tests" / "_calibration_worker.py"), str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    ranks = launch_two_ranks("_calibration_worker.py", tmp_path, port=29519)
     assert ranks[0]["world"] == 2
     assert ranks[0]["taus"] == ranks[1]["taus"]  # bit-identical on every rank
     single = ranks[0]["single"]

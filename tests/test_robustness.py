@@ -2,17 +2,15 @@
 state (copy/pickle/state_dict), malformed settings and checkpoints, and a security scan of the repository."""
 import copy
 import json
-import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _models import SPEC, hf_loss, saved
 from _oracle import grads, rel_err, saved_bytes_and_grads
+from _two_ranks import launch_two_ranks
 
 import hf_penal
 
@@ -243,14 +241,8 @@ def test_bf16_storage_halves_saved_bytes_with_negligible_error(bert):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_process_data_parallel_on_cpu_equals_single_process_oracle(tmp_path, mode):
     pytest.importorskip("accelerate")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path), mode]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for rank in (0, 1):
-        meta = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    metas = launch_two_ranks("_ddp_worker.py", tmp_path, mode, port=29517)
+    for rank, meta in enumerate(metas):
         assert meta == dict(world=2, rank=rank, wrapped=True, sites=4)
         res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert rel_err(res["ddp"], res["oracle"]) < 1e-5

@@ -1,20 +1,14 @@
 """One unwrap rule at the public boundary: every public function takes the model as the user holds it (DDP on 2 gloo
 ranks, torch.compile'd, PEFT) and acts on the penalized model inside; a function that needs penal connections raises
 a ValueError naming itself on a model without them, never a silent no-op."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from _models import saved
+from _two_ranks import launch_two_ranks
 from _wrapper_checks import TAU, check, exercise
 
 import hf_penal
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -45,13 +39,7 @@ def test_plain_model(bert):
 
 def test_ddp_model_on_two_ranks(tmp_path):
     pytest.importorskip("accelerate")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523",
-           str(ROOT / "tests" / "_wrapper_worker.py"), str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    ranks = launch_two_ranks("_wrapper_worker.py", tmp_path, port=29523)
     for rec in ranks:
         assert rec["world"] == 2 and rec["wrapped"] == "DistributedDataParallel"
         # set_loss_scale(ddp_model, 1.0, world_size=2) reached the connections: the penalty is not halved by DDP
