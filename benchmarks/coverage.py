@@ -17,7 +17,8 @@ dies is replaced and the model recorded as crashed.
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
 hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
-sizes) is the one source of both the model's shapes and its inputs.
+sizes; vision-tower widths tied to them, `_tied_vision_widths`) is the one source of both the model's shapes and its
+inputs.
 
 What is not a site (decided, not a probe gap to hide; such a model stays in the denominator as "no site"):
 * hyper-connection mixing (DeepSeek-V4's mHC, HY-V4, Qwen4-exp, GLM-5-next): a layer's output is H·x + post ⊗ z, H a
@@ -163,10 +164,40 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
+    _tied_vision_widths(cfg)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+def _tied_vision_widths(cfg) -> None:
+    """Vision-tower fields tied to the shrunk widths, by field name: a compound-scaled conv net (``width_coefficient``
+    × per-stage ``out_channels``): the width multiplier that makes its last stage the benchmark width (32, the width
+    a parent's projection is shrunk to) and depth multiplier 1; a pixel-shuffle adapter (``pixel_shuffle_ratio``
+    with ``projector_input_dim``): its MLP reads hidden / ratio² features as ``intermediate_size``, projector
+    widths at the benchmark width; a VQ autoencoder's latent grid (``num_patches`` per side with
+    ``channel_multiplier`` levels, no ``image_size``): 2 latents per side (the probe's images follow from it)."""
+    width = _WIDTH["hidden_size"]
+    outs = getattr(cfg, "out_channels", None)
+    if (isinstance(getattr(cfg, "width_coefficient", None), float) and isinstance(outs, (list, tuple)) and outs
+            and all(isinstance(x, int) and x > 0 for x in outs)):
+        with contextlib.suppress(Exception):  # a head width the default scales with the multiplier (EfficientNet's
+            default = type(cfg)()  # hidden_dim = 1280 × width_coefficient): scaled with it
+            if _int(default, "hidden_dim") and isinstance(default.width_coefficient, float) and _int(cfg, "hidden_dim"):
+                _set(cfg, "hidden_dim", round(default.hidden_dim * width / outs[-1] / default.width_coefficient))
+        _set(cfg, "width_coefficient", width / outs[-1])
+        if isinstance(getattr(cfg, "depth_coefficient", None), float):
+            _set(cfg, "depth_coefficient", min(cfg.depth_coefficient, 1.0))
+    ratio, hidden = getattr(cfg, "pixel_shuffle_ratio", None), _int(cfg, "hidden_size")
+    if isinstance(ratio, float) and 0 < ratio < 1 and hidden and _int(cfg, "projector_input_dim"):
+        _set(cfg, "intermediate_size", round(hidden / ratio ** 2))
+        for k in ("projector_input_dim", "projector_output_dim"):
+            if _int(cfg, k):
+                _set(cfg, k, width)
+    if _int(cfg, "num_patches") and isinstance(getattr(cfg, "channel_multiplier", None), (list, tuple)) and (
+            getattr(cfg, "image_size", None) is None):
+        _set(cfg, "num_patches", min(cfg.num_patches, 2))
 
 
 def _from_backbone(cfg) -> None:

@@ -1,20 +1,22 @@
 """Example inputs for the generic probe on a transformers model (registered with `hf_penal.discovery.inputs`).
 
-They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its
-special tokens, pixels at its image size and channel count (frames for video models), audio features at its mel-bin
-/ feature width or raw samples, decoder ids for encoder-decoders, and the encoder's main input where the model's is a
-generic `inputs`. Pixel inputs take the layout the forward names: flattened patches with their grid for NaFlex
-(``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's ``flattened_patches``. A
-forward's other required arguments are built by their name (`_required_alternatives`): patch grids of Qwen2-VL-style
-vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as ``hidden_states`` /
-``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels × image size),
-vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's input or hidden
-width), time-series context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids,
-``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away; after all of
-those (so a model an earlier candidate runs keeps its inputs), audio features in further (frames, width) layouts
-(`_feature_layouts`: the width of a feature projection, the mel bins of a nested audio config with frames in whole
-stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2, channels, height, width) for keypoint
-matchers.
+They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its special
+tokens, pixels at its image size (or the size a VQ autoencoder's latent grid implies) and channel count (frames for
+video models), audio features at its mel-bin / feature width or raw samples, decoder ids for encoder-decoders, and the
+encoder's main input where the model's is a generic `inputs`. Pixel inputs take the layout the forward names: flattened
+patches with their grid for NaFlex (``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's
+``flattened_patches``. A forward's other required arguments are built by their name (`_required_alternatives`): patch
+grids of Qwen2-VL-style vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as
+``hidden_states`` / ``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels ×
+image size), vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's
+input or hidden width), a parent's feature map (``patch_embeds``), time-series context. Last-resort candidates:
+codebook-interleaved ids, audio features beside the ids, ``inputs_embeds`` instead of ids, 224-pixel images for nets
+that pool a small default image away; after all of those (so a model an earlier candidate runs keeps its inputs), audio
+features in further (frames, width) layouts (`_feature_layouts`: the width of a feature projection, the mel bins of a
+nested audio config with frames in whole stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2,
+channels, height, width) for keypoint matchers; then images with their patch grid sizes (``target_sizes``), as a batch
+and packed into one row of patches, and patch volumes (patches, temporal patch, patch, patch, channels)
+(`_late_patch_layouts`).
 """
 from __future__ import annotations
 
@@ -43,11 +45,20 @@ def _token_ids(cfg, n: int = SEQ) -> torch.Tensor:
 
 def _pixels(cfg) -> torch.Tensor:
     v = _sub(cfg, "vision_config", "backbone_config", "encoder")
-    h, w = size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), 32)
+    h, w = size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), _latent_pixels(v) or 32)
     c = int(getattr(v, "num_channels", None) or getattr(cfg, "num_channels", None) or 3)
     frames = getattr(v, "num_frames", None)
     shape = (BATCH, int(frames), c, h, w) if isinstance(frames, int) and frames > 0 else (BATCH, c, h, w)
     return torch.randn(shape, generator=generator())
+
+
+def _latent_pixels(v) -> int | None:
+    """The image side a VQ autoencoder's latent grid implies where its config names no image size: ``num_patches``
+    latents per side, the image halved once per level of ``channel_multiplier`` after the first."""
+    side, levels = getattr(v, "num_patches", None), getattr(v, "channel_multiplier", None)
+    if isinstance(side, int) and side > 0 and isinstance(levels, (list, tuple)) and levels:
+        return side * 2 ** (len(levels) - 1)
+    return None
 
 
 def _audio_alternatives(cfg, name: str, layouts: bool = True) -> list[torch.Tensor]:
@@ -178,6 +189,10 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         return [torch.ones(BATCH, SEQ, dtype=torch.long)]
     if name == "input_ids":
         return [_token_ids(_sub(cfg, "text_config", "decoder", "text_encoder"))]
+    if name == "patch_embeds":  # a tower fed its parent's feature map: (batch, hidden size, grid side, grid side)
+        cs = _vision_cfgs(cfg)
+        side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
+        return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
     return None
 
 
@@ -202,6 +217,28 @@ def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
         extra["pixel_attention_mask"] = torch.ones(BATCH, side * side, dtype=torch.long)
     done = [{**c, **extra} for c in cands if "pixel_values" in c and not extra.keys() <= c.keys()]
     return done + [c for c in cands if "pixel_values" not in c] if done else cands
+
+
+def _late_patch_layouts(cfg, params) -> list[dict]:
+    """Last-resort pixel layouts, by the forward's argument names and config fields: images with their patch grid
+    sizes (a forward with ``target_sizes`` / ``tgt_sizes``: (h, w) = side × side patches per image, side = 4), as
+    BATCH images and packed into one row of patches (1, channels, patch, BATCH · side² · patch); patch volumes
+    (BATCH, temporal patch, patch, patch, channels) for a tower that embeds each patch itself (a config with
+    ``temporal_patch_size`` and a forward that takes ``pixel_values`` but no ``grid_thw``)."""
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=16)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    g, out = generator(), []
+    sizes = next((n for n in ("target_sizes", "tgt_sizes") if n in params), None)
+    if sizes and "pixel_values" in params:
+        side = 4
+        grid = torch.tensor([[side, side]] * BATCH)
+        out.append({"pixel_values": torch.randn(BATCH, ch, side * p, side * p, generator=g), sizes: grid})
+        out.append({"pixel_values": torch.randn(1, ch, p, BATCH * side * side * p, generator=g), sizes: grid})
+    tp = _first_int(cs, "temporal_patch_size")
+    if tp and "pixel_values" in params and "grid_thw" not in params:
+        out.append({"pixel_values": torch.randn(BATCH, tp, p, p, ch, generator=g)})
+    return out
 
 
 def _flattened_patches(cfg) -> torch.Tensor:
@@ -320,6 +357,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
+    cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
     return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
 
 
