@@ -1,7 +1,8 @@
 """Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
 
 For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
-head where such fields exist, with the fields derived from them kept consistent; a model that does not build or run at
+head where such fields exist, with the fields derived from them kept consistent, a heterogeneous config's per-layer
+overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model that does not build or run at
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
@@ -127,6 +128,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)  # a heterogeneous config: its global fields first, then each layer's (_put_layers)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
         for k, v in table.items():
@@ -163,10 +165,41 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
+    _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+def _take_layers(cfg):
+    """A heterogeneous config's per-layer overrides (``per_layer_config``: Gemma 4's head_dim on its full-attention
+    layers, Dots3's heads on its sliding-window layers), taken off the config so that its fields read as the global
+    values (with them on, reading a per-layer field raises); returned with an unshrunk copy of the config, None for
+    a homogeneous config."""
+    spec = vars(cfg).pop("_heterogeneity_spec", None)
+    return None if spec is None else (copy.deepcopy(cfg), copy.deepcopy(spec.per_layer_overrides))
+
+
+def _put_layers(cfg, layers, shrink) -> None:
+    """The per-layer overrides of `_take_layers` back on the (shrunk) config, each layer shrunk as a config of its
+    own: the unshrunk config with the layer's overrides, shrunk by `shrink` (the same rules as the global config), its
+    values of the overridden fields the layer's new overrides; layers beyond the shrunk depth dropped, overrides equal
+    to the shrunk global value dropped (by the config's own per_layer_config setter)."""
+    if layers is None:
+        return
+    unshrunk, overrides = layers
+    depth, new = _int(cfg, "num_hidden_layers"), {}
+    for i, over in overrides.items():
+        if depth and i >= depth:
+            continue
+        layer = copy.deepcopy(unshrunk)
+        for k, v in over.items():
+            if k != "skip":
+                _set(layer, k, v)
+        shrink(layer)
+        new[i] = {k: v if k == "skip" else getattr(layer, k) for k, v in over.items()}
+    cfg.per_layer_config = new
 
 
 def _from_backbone(cfg) -> None:
@@ -329,11 +362,13 @@ def _shallow(cfg, seen=None) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for k, v in {**_DEPTH, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}.items():
         cur = getattr(cfg, k, None)
         if k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
             _set(cfg, k, v)
+    _put_layers(cfg, layers, _shallow)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shallow(sub, seen)
