@@ -393,6 +393,24 @@ def own_model_class(config_class: type):
                default=None)
 
 
+def task_model_class(model_type: str):
+    """For a type that neither the base / causal-LM / seq2seq / image-classification / masked-LM auto classes map nor
+    has a model class of its own config class (`own_model_class`), the class of the first other auto-class mapping
+    (``MODEL_FOR_..._MAPPING_NAMES``, in modeling_auto's order) that maps it: a config-only type whose checkpoints
+    load with another type's model (pp_chart2table: image-text-to-text, GotOcr2ForConditionalGeneration); None when
+    none maps it."""
+    import transformers as T
+    from transformers.models.auto import modeling_auto as MA
+    for k, mapping in vars(MA).items():
+        if k.startswith("MODEL_FOR_") and k.endswith("_MAPPING_NAMES") and isinstance(mapping, dict) and (
+                model_type in mapping):
+            name = mapping[model_type]
+            cls = getattr(T, name[0] if isinstance(name, (list, tuple)) else name, None)
+            if cls is not None:
+                return cls
+    return None
+
+
 def build_transformers(model_type: str, level: str = "small"):
     import torch
     import transformers as T
@@ -411,10 +429,10 @@ def build_transformers(model_type: str, level: str = "small"):
     cls_name = next((m[model_type] for m in maps if model_type in m), None)
     if isinstance(cls_name, (list, tuple)):
         cls_name = cls_name[0]
-    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg))
+    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg)) or task_model_class(model_type)
     if cls is None:
-        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, and no model class "
-                          "of its own config class")
+        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, no model class "
+                          "of its own config class, and no other auto class")
     make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
     if level not in ("small", "small-kv"):
         with torch.device("meta"):

@@ -94,3 +94,13 @@ def test_default_heterogeneous_configs_shrink_and_build(model_type):
         assert all(i < 2 for i in c._heterogeneity_spec.per_layer_overrides)
     model = coverage.build_transformers(model_type)
     assert len(coverage.residual_blocks(model)) == 2
+
+
+def test_a_config_only_type_is_built_with_the_auto_class_that_maps_it():
+    """pp_chart2table has no modeling module of its own and is in none of the base / LM / classification maps; the
+    image-text-to-text auto class maps it to GOT-OCR2's model, which the benchmark now builds. LayoutXLM, whose
+    checkpoints load with LayoutLMv2's model, is mapped by no auto class: still no class."""
+    assert coverage.task_model_class("pp_chart2table") is T.GotOcr2ForConditionalGeneration
+    assert coverage.task_model_class("layoutxlm") is None
+    model = coverage.build_transformers("pp_chart2table")
+    assert type(model) is T.GotOcr2ForConditionalGeneration and coverage.residual_blocks(model)
