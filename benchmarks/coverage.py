@@ -1,7 +1,8 @@
 """Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
 
 For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
-head where such fields exist, with the fields derived from them kept consistent; a model that does not build or run at
+head where such fields exist, with the fields derived from them kept consistent, a heterogeneous config's per-layer
+overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model that does not build or run at
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
@@ -128,6 +129,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)  # a heterogeneous config: its global fields first, then each layer's (_put_layers)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
         for k, v in table.items():
@@ -165,6 +167,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
     _tied_vision_widths(cfg)
+    _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shrink(sub, seen, kv_heads)
@@ -198,6 +201,36 @@ def _tied_vision_widths(cfg) -> None:
     if _int(cfg, "num_patches") and isinstance(getattr(cfg, "channel_multiplier", None), (list, tuple)) and (
             getattr(cfg, "image_size", None) is None):
         _set(cfg, "num_patches", min(cfg.num_patches, 2))
+
+
+def _take_layers(cfg):
+    """A heterogeneous config's per-layer overrides (``per_layer_config``: Gemma 4's head_dim on its full-attention
+    layers, Dots3's heads on its sliding-window layers), taken off the config so that its fields read as the global
+    values (with them on, reading a per-layer field raises); returned with an unshrunk copy of the config, None for
+    a homogeneous config."""
+    spec = vars(cfg).pop("_heterogeneity_spec", None)
+    return None if spec is None else (copy.deepcopy(cfg), copy.deepcopy(spec.per_layer_overrides))
+
+
+def _put_layers(cfg, layers, shrink) -> None:
+    """The per-layer overrides of `_take_layers` back on the (shrunk) config, each layer shrunk as a config of its
+    own: the unshrunk config with the layer's overrides, shrunk by `shrink` (the same rules as the global config), its
+    values of the overridden fields the layer's new overrides; layers beyond the shrunk depth dropped, overrides equal
+    to the shrunk global value dropped (by the config's own per_layer_config setter)."""
+    if layers is None:
+        return
+    unshrunk, overrides = layers
+    depth, new = _int(cfg, "num_hidden_layers"), {}
+    for i, over in overrides.items():
+        if depth and i >= depth:
+            continue
+        layer = copy.deepcopy(unshrunk)
+        for k, v in over.items():
+            if k != "skip":
+                _set(layer, k, v)
+        shrink(layer)
+        new[i] = {k: v if k == "skip" else getattr(layer, k) for k, v in over.items()}
+    cfg.per_layer_config = new
 
 
 def _from_backbone(cfg) -> None:
@@ -360,11 +393,13 @@ def _shallow(cfg, seen=None) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for k, v in {**_DEPTH, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}.items():
         cur = getattr(cfg, k, None)
         if k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
             _set(cfg, k, v)
+    _put_layers(cfg, layers, _shallow)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shallow(sub, seen)
@@ -389,6 +424,24 @@ def own_model_class(config_class: type):
                default=None)
 
 
+def task_model_class(model_type: str):
+    """For a type that neither the base / causal-LM / seq2seq / image-classification / masked-LM auto classes map nor
+    has a model class of its own config class (`own_model_class`), the class of the first other auto-class mapping
+    (``MODEL_FOR_..._MAPPING_NAMES``, in modeling_auto's order) that maps it: a config-only type whose checkpoints
+    load with another type's model (pp_chart2table: image-text-to-text, GotOcr2ForConditionalGeneration); None when
+    none maps it."""
+    import transformers as T
+    from transformers.models.auto import modeling_auto as MA
+    for k, mapping in vars(MA).items():
+        if k.startswith("MODEL_FOR_") and k.endswith("_MAPPING_NAMES") and isinstance(mapping, dict) and (
+                model_type in mapping):
+            name = mapping[model_type]
+            cls = getattr(T, name[0] if isinstance(name, (list, tuple)) else name, None)
+            if cls is not None:
+                return cls
+    return None
+
+
 def build_transformers(model_type: str, level: str = "small"):
     import torch
     import transformers as T
@@ -407,10 +460,10 @@ def build_transformers(model_type: str, level: str = "small"):
     cls_name = next((m[model_type] for m in maps if model_type in m), None)
     if isinstance(cls_name, (list, tuple)):
         cls_name = cls_name[0]
-    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg))
+    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg)) or task_model_class(model_type)
     if cls is None:
-        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, and no model class "
-                          "of its own config class")
+        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, no model class "
+                          "of its own config class, and no other auto class")
     make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
     if level not in ("small", "small-kv"):
         with torch.device("meta"):
