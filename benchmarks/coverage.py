@@ -560,6 +560,16 @@ def _adding_blocks(model, blocks: list[str], args, kwargs) -> set[str]:
     return seen
 
 
+def _seeded(call):
+    """`call()` after seeding torch, numpy and random with 0: every run of a model makes the same random draws."""
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    return call()
+
+
 def check(model, inputs_candidates, example_inputs=None) -> dict:
     """Sites, coverage, gradient oracle and eval identity for one built model (`example_inputs`: passed to the
     probe; None: the probe builds its own)."""
@@ -618,15 +628,12 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     model.eval()
     eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
-    with torch.no_grad():
-        a, b = _tensors(model(*args, **kwargs)), _tensors(eval_penal(*args, **kwargs))
+    with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
+        a, b = (_tensors(_seeded(lambda: m(*args, **kwargs))) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
     def loss(m):  # the same random draws (dropout, SpecAugment masks, LayerDrop) in every run
-        torch.manual_seed(0)
-        np.random.seed(0)
-        random.seed(0)
-        return sum(t.float().square().mean() for t in _tensors(m(*args, **kwargs)))
+        return sum(t.float().square().mean() for t in _tensors(_seeded(lambda: m(*args, **kwargs))))
 
     # tau chosen so that the penalty moves the gradient by ~30 %: the comparison then sees the penalty's part
     # (layer-scaled branches are ~1e-6 at init, a fixed tau would be invisible there)
