@@ -5,11 +5,12 @@ head where such fields exist, with the fields derived from them kept consistent;
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
-2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
-model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
-builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
-class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),
-whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
+image placeholder id is set, `_placeholder_token`; timm: the smallest-named model of each family, img_size 64 where the
+model takes it, run at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe),
+the residual blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside
+which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter
+gradients equal the explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
 dies is replaced and the model recorded as crashed.
@@ -339,6 +340,16 @@ def _shallow(cfg, seen=None) -> None:
             _shallow(sub, seen)
 
 
+def _placeholder_token(cfg) -> None:
+    """A config whose forward scatters a Q-Former's queries (``num_query_tokens``) into image placeholder tokens but
+    that leaves the placeholder id unset (``image_token_id`` None: Blip-2's default, whose forward cannot run without
+    one) gets the last id of its text vocabulary (in place; a config that sets it keeps its own)."""
+    text = getattr(cfg, "text_config", None)
+    vocab = _int(text, "vocab_size") if text is not None else None
+    if _int(cfg, "num_query_tokens") and vocab and hasattr(cfg, "image_token_id") and cfg.image_token_id is None:
+        _set(cfg, "image_token_id", vocab - 1)
+
+
 def own_model_class(config_class: type):
     """For a config no auto class maps (a sub-model config: `siglip_text_model`, `clipseg_vision_model`), the model
     class of its modeling module whose ``config_class`` it is: the one named after it (``SiglipTextConfig`` →
@@ -370,6 +381,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
         _rederive(cfg, before)
+    _placeholder_token(cfg)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
