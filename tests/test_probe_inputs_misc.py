@@ -69,7 +69,7 @@ def _check_generator(model) -> dict:
 
 
 def test_a_retrieval_model_without_a_retriever_gets_context_ids_for_n_docs():
-    q = T.DPRConfig(**SMALL, vocab_size=64)
+    q = T.BertConfig(**SMALL, vocab_size=64)
     gen = T.BartConfig(vocab_size=64, d_model=32, encoder_layers=L, decoder_layers=L, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
     cfg = T.RagConfig(question_encoder=q.to_dict(), generator=gen.to_dict(), n_docs=3)
