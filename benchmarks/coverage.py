@@ -6,11 +6,12 @@ overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model 
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
-2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
-model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
-builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
-class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),
-whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
+image placeholder id is set, `_placeholder_token`; timm: the smallest-named model of each family, img_size 64 where the
+model takes it, run at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe),
+the residual blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside
+which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter
+gradients equal the explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
 dies is replaced and the model recorded as crashed.
@@ -405,6 +406,16 @@ def _shallow(cfg, seen=None) -> None:
             _shallow(sub, seen)
 
 
+def _placeholder_token(cfg) -> None:
+    """A config whose forward scatters a Q-Former's queries (``num_query_tokens``) into image placeholder tokens but
+    that leaves the placeholder id unset (``image_token_id`` None: Blip-2's default, whose forward cannot run without
+    one) gets the last id of its text vocabulary (in place; a config that sets it keeps its own)."""
+    text = getattr(cfg, "text_config", None)
+    vocab = _int(text, "vocab_size") if text is not None else None
+    if _int(cfg, "num_query_tokens") and vocab and hasattr(cfg, "image_token_id") and cfg.image_token_id is None:
+        _set(cfg, "image_token_id", vocab - 1)
+
+
 def own_model_class(config_class: type):
     """For a config no auto class maps (a sub-model config: `siglip_text_model`, `clipseg_vision_model`), the model
     class of its modeling module whose ``config_class`` it is: the one named after it (``SiglipTextConfig`` →
@@ -454,6 +465,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
         _rederive(cfg, before)
+    _placeholder_token(cfg)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
@@ -560,14 +572,15 @@ def _adding_blocks(model, blocks: list[str], args, kwargs) -> set[str]:
     return seen
 
 
-def _seeded(call):
-    """`call()` after seeding torch, numpy and random with 0: every run of a model makes the same random draws."""
+def _seeded(call, *args, **kwargs):
+    """`call(*args, **kwargs)` after seeding torch, numpy and random with 0: every run of a model makes the same
+    random draws."""
     import torch
 
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    return call()
+    return call(*args, **kwargs)
 
 
 def check(model, inputs_candidates, example_inputs=None) -> dict:
@@ -629,11 +642,11 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     model.eval()
     eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
     with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
-        a, b = (_tensors(_seeded(lambda: m(*args, **kwargs))) for m in (model, eval_penal))
+        a, b = (_tensors(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
     def loss(m):  # the same random draws (dropout, SpecAugment masks, LayerDrop) in every run
-        return sum(t.float().square().mean() for t in _tensors(_seeded(lambda: m(*args, **kwargs))))
+        return sum(t.float().square().mean() for t in _tensors(_seeded(m, *args, **kwargs)))
 
     # tau chosen so that the penalty moves the gradient by ~30 %: the comparison then sees the penalty's part
     # (layer-scaled branches are ~1e-6 at init, a fixed tau would be invisible there)

@@ -9,18 +9,23 @@ patches with their grid for NaFlex (``spatial_shapes``) and position-id (``pixel
 grids of Qwen2-VL-style vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as
 ``hidden_states`` / ``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels ×
 image size), vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's
-input or hidden width), a parent's feature map (``patch_embeds``), time-series context. Last-resort candidates:
-codebook-interleaved ids, audio features beside the ids, ``inputs_embeds`` instead of ids, 224-pixel images for nets
-that pool a small default image away; after all of those (so a model an earlier candidate runs keeps its inputs), audio
-features in further (frames, width) layouts (`_feature_layouts`: the width of a feature projection, the mel bins of a
-nested audio config with frames in whole stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2,
-channels, height, width) for keypoint matchers; then images with their patch grid sizes (``target_sizes``), as a batch
-and packed into one row of patches, and patch volumes (patches, temporal patch, patch, patch, channels)
-(`_late_patch_layouts`).
+input or hidden width), a parent's feature map (``patch_embeds``), other required ``*_embeds`` / ``*_hidden_states``
+(`_named_states`: those widths, then the hidden width times the layers a config list names, concatenated), time-series
+context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids, ``inputs_embeds`` instead of
+ids, 224-pixel images for nets that pool a small default image away; after all of those (so a model an earlier
+candidate runs keeps its inputs), audio features in further (frames, width) layouts (`_feature_layouts`: the width of a
+feature projection, the mel bins of a nested audio config with frames in whole stacking windows, frames stacked 2 or 4
+per row) and image pairs (batch, 2, channels, height, width) for keypoint matchers; then images with their patch grid
+sizes (``target_sizes``), as a batch and packed into one row of patches, and patch volumes (patches, temporal patch,
+patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names
+(`_named_late`): trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``,
+``returns_to_go``, ``timesteps``), tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents
+(``context_input_ids``, ``doc_scores`` for ``n_docs``).
 """
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -193,7 +198,23 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return None
+    return _named_states(cfg, name)
+
+
+def _named_states(cfg, name: str) -> list | None:
+    """Other embeddings / hidden states a forward requires by a name ending in ``_embeds`` (``noise_embeds``: at
+    the widths of `_states`) or ``_hidden_states`` (``context_hidden_states``, another model's states: at those
+    widths, then at the hidden width times the number of layers a config list names, ``target_layer_ids`` /
+    ``vision_feature_layer``: those layers' states concatenated); None for other names."""
+    if name.endswith("_embeds"):
+        return _states(cfg) or None
+    if not name.endswith("_hidden_states"):
+        return None
+    hidden = _first_int([cfg], "hidden_size", "hidden_dim", "d_model")
+    layers = [len(v) for k, v in vars(cfg).items() if re.search(r"layer_ids$|feature_layers?$", k)
+              and isinstance(v, (list, tuple)) and len(v) > 1 and all(isinstance(x, int) for x in v)]
+    extra = [torch.randn(BATCH, SEQ, hidden * n, generator=generator()) for n in dict.fromkeys(layers) if hidden]
+    return (_states(cfg) + extra) or None
 
 
 def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
@@ -358,7 +379,46 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
     cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
-    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    out = _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    return out + _named_late(cfg, params, out)
+
+
+_NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
+
+
+def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last-resort candidates, after all others (a model one of those runs keeps its inputs), from optional
+    arguments the forward names: trajectories (an argument whose first word starts with the stem of a config
+    ``<stem>_dim`` field: ``states`` / ``actions`` at ``state_dim`` / ``act_dim``, (BATCH, SEQ, dim); with per-step
+    scalars ``returns_to_go`` / ``rewards`` (BATCH, SEQ, 1) and ``timesteps`` 0..SEQ-1); tokens pooled into patches
+    (``patch_ids`` with ``num_patches``: two tokens a patch); retrieved documents (``context_input_ids``: the
+    config's ``n_docs`` rows of generator ids per sample, with ``context_attention_mask`` and ``doc_scores``)."""
+    g, out = generator(), []
+    stems = {k[:-4]: v for k, v in vars(cfg).items() if k.endswith("_dim") and len(k) > 6
+             and isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    steps = {n: torch.randn(BATCH, SEQ, d, generator=g) for n in params if not _NOT_STEP_INPUT.search(n)
+             for stem, d in stems.items() if n.split("_")[0].startswith(stem)}
+    if steps:
+        scalars = [n for n in ("returns_to_go", "rewards") if n in params]  # one number a step
+        steps.update({n: torch.randn(BATCH, SEQ, 1, generator=g) for n in scalars})
+        if "timesteps" in params:
+            steps["timesteps"] = torch.arange(SEQ).repeat(BATCH, 1)
+        out.append(steps)
+    texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
+    if "patch_ids" in params and "num_patches" in params:
+        for c in texts:
+            n = c.get("input_ids", c.get("inputs_embeds")).shape[1]
+            out.append({**c, "patch_ids": (torch.arange(n) // 2).repeat(BATCH, 1), "num_patches": -(-n // 2)})
+    if "context_input_ids" in params:
+        docs = _first_int([cfg], "n_docs", default=1)
+        gen = _sub(cfg, "generator", "text_config")
+        ctx = {"context_input_ids": _token_ids(gen).repeat_interleave(docs, 0)}
+        if "context_attention_mask" in params:
+            ctx["context_attention_mask"] = torch.ones(BATCH * docs, SEQ, dtype=torch.long)
+        if "doc_scores" in params:
+            ctx["doc_scores"] = torch.randn(BATCH, docs, generator=g)
+        out += [{**c, **ctx} for c in cands if "input_ids" in c] or [ctx]
+    return out
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
