@@ -182,6 +182,59 @@ def _from_backbone(cfg) -> None:
     dec_in, enc_w = getattr(cfg, "decoder_in_channels", None), _int(cfg, "encoder_hidden_dim")
     if isinstance(dec_in, (list, tuple)) and enc_w:
         _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
+    _timm_backbone_channels(cfg)
+
+
+def _timm_backbone_channels(cfg) -> None:
+    """A neck's per-level input widths (``backbone_channel_list``) from the timm backbone its config names
+    (``backbone_config.architecture`` with ``model_args``, features_only): the widths timm's feature extractor gives at
+    those out_indices, in the list's order (deepest first where the list decreases). The defaults of a config can name
+    another backbone than the one its channel list was written for (EdgeTAM's: a ResNet-50 feeding a neck for
+    RepViT's widths)."""
+    chans, bb = getattr(cfg, "backbone_channel_list", None), getattr(cfg, "backbone_config", None)
+    arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+    if not (isinstance(chans, (list, tuple)) and len(chans) > 1 and isinstance(arch, str)
+            and isinstance(args, dict) and args.get("features_only")):
+        return
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            widths = list(timm.create_model(arch, pretrained=False, **args).feature_info.channels())
+    except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take: left as it is
+        return
+    if len(widths) == len(chans) and widths != list(chans):
+        _set(cfg, "backbone_channel_list", type(chans)(widths[::-1] if chans[0] > chans[-1] else widths))
+
+
+def _sibling_widths(cfg, before, seen=None) -> None:
+    """Widths one sub-config of a composite hands to another, kept equal after shrinking (`before`: the config before
+    `_shrink`; sub-configs of sub-configs too). A tower's ``output_channels`` that equalled a sibling's hidden_size
+    before shrinking takes the sibling's shrunk hidden size (the width its decoder reads: SAM-HQ's vision neck and
+    mask decoder), with the tower's ``num_pos_feats`` (positional features added at that width) scaled alike; a
+    sibling's ``*_dim`` field that equalled the tower's hidden_size before shrinking and that the shrink left as it
+    was (SAM-HQ's ``vit_dim``) takes the tower's shrunk hidden size."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    subs = [(v, getattr(before, k, None)) for k, v in vars(cfg).items() if _is_config(v)]
+    subs = [(s, b) for s, b in subs if _is_config(b)]
+    for s, b in subs:
+        old_out, old_w, w = _int(b, "output_channels"), _int(b, "hidden_size"), _int(s, "hidden_size")
+        for t, tb in subs:
+            if t is s:
+                continue
+            old_t, new_t = _int(tb, "hidden_size"), _int(t, "hidden_size")
+            if old_out and _int(s, "output_channels") == old_out == old_t and new_t and new_t != old_out:
+                _set(s, "output_channels", new_t)
+                if _int(s, "num_pos_feats"):
+                    _set(s, "num_pos_feats", max(1, s.num_pos_feats * new_t // old_out))
+            for k, v in list(vars(t).items()):
+                if (k.endswith("_dim") and isinstance(v, int) and not isinstance(v, bool) and old_w and w
+                        and v == old_w == getattr(tb, k, None) and w != old_w):
+                    _set(t, k, w)
+        _sibling_widths(s, b, seen)
 
 
 _TABLE_KEYS = {*_WIDTH, *_DEPTH, *_HEADS, *_FFN}
@@ -316,6 +369,15 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
         _set(cfg, "num_hidden_layers", n)
         _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])
         _set(cfg, "out_indices", list(range(n - len(idx) + 1, n + 1)))
+    _last_layers(cfg)
+
+
+def _last_layers(cfg) -> None:
+    """A count of the last layers that do something more (``num_blocks``: EoMT's layers that take the queries and
+    predict masks) no larger than the shrunk depth (``num_hidden_layers``): with more, the queries are never added."""
+    depth, n = _int(cfg, "num_hidden_layers"), _int(cfg, "num_blocks")
+    if depth and n and n > depth and "num_blocks" not in (getattr(cfg, "attribute_map", {}) or {}):
+        _set(cfg, "num_blocks", depth)
 
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
@@ -366,6 +428,7 @@ def build_transformers(model_type: str, level: str = "small"):
     before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
+        _sibling_widths(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
