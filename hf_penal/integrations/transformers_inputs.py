@@ -19,6 +19,7 @@ matchers.
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -258,6 +259,50 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
     return out + late or cands
 
 
+_POS = re.compile(r"pos_(embed|encod)")  # position embeddings / encodings given beside features
+
+
+def _tower_inputs(cfg, params) -> list[dict]:
+    """Last resort for a tower fed its parent's features (a forward with required arguments no other rule builds:
+    ``vision_features``, ``decoder_queries``, ``backbone_features``): each required floating-tensor argument by its
+    annotation at the config's width, a tensor (BATCH, SEQ, width) or a list of tensors as a feature pyramid
+    [(BATCH, width, 4, 4), (BATCH, width, 2, 2)] (fine to coarse; the coarsest has no more positions than SEQ);
+    optional ``*_features`` arguments (prompt features a decoder cross-attends to) likewise, and optional position
+    embeddings (``*pos_embed*``, ``*pos_encoding*``) in the shapes of the features they go with (the same annotation).
+    Arguments the other rules build (``encoder_hidden_states``, ...) take those rules' first alternative. [] where
+    the forward has no such argument, or one that is neither built by name nor a floating tensor."""
+    width = _first_int([cfg], "hidden_size", "d_model", "hidden_dim")
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = [n for n, p in named.items() if p.default is inspect.Parameter.empty]
+    unbuilt = [n for n in required if _required_alternatives(cfg, n, required) is None]
+    if not width or not unbuilt:
+        return []
+
+    def kind(p) -> str | None:  # "list" / "tensor": a (list of) floating tensor(s) by the annotation
+        a = re.sub(r"<class '([\w.]+)'>", r"\1", str(p.annotation)).replace("typing.", "")
+        if re.search(r"Long|Bool|Int", a):
+            return None
+        if re.match(r"(list|List|tuple|Tuple)\[torch\.(Float)?Tensor", a):
+            return "list"
+        return "tensor" if re.match(r"torch\.(Float)?Tensor", a) else None
+
+    g = generator()
+    made = {"list": [torch.randn(BATCH, width, s, s, generator=g) for s in (4, 2)],
+            "tensor": torch.randn(BATCH, SEQ, width, generator=g)}
+    out = {}
+    for n in required:
+        if n in unbuilt:
+            if kind(named[n]) is None:
+                return []
+            out[n] = made[kind(named[n])]
+        else:
+            out[n] = _required_alternatives(cfg, n, required)[0]
+    for n, p in named.items():
+        if n not in out and kind(p) and (n.endswith("_features") or _POS.search(n)):
+            out[n] = made[kind(p)]
+    return [out]
+
+
 def _keyword_candidates(model: nn.Module) -> list[dict]:
     """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
     the config's image size and channels, audio features or samples), with pixel values and token ids too where
@@ -320,7 +365,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
-    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands))) + _tower_inputs(
+        cfg, params)
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
