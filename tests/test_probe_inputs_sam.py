@@ -1,0 +1,82 @@
+"""Segmentation towers and composites (SAM-HQ, EoMT, EdgeTAM, SAM3's DETR towers): the coverage benchmark's small
+config keeps the widths one sub-config hands another consistent (`coverage._sibling_widths`), a neck's channel list
+equal to its timm backbone's feature widths (`coverage._timm_backbone_channels`), the query layers within the shrunk
+depth (`coverage._last_layers`); and the probe builds the inputs of a tower fed its parent's features
+(`transformers_inputs._tower_inputs`). Each model is built from a tiny config, penalized with no example inputs given
+(the probe builds them) and checked against the explicit-penalty oracle with bit-identical eval outputs
+(`test_probe_inputs._check`)."""
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import transformers as T
+from test_probe_inputs import _check
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import coverage  # noqa: E402
+
+
+def _small(model_type, **fields):
+    """The benchmark's small config of `model_type` (shrunk, sibling widths tied, re-derived), then `fields`."""
+    cfg = T.AutoConfig.for_model(model_type)
+    before = copy.deepcopy(cfg)
+    coverage._shrink(cfg)
+    coverage._sibling_widths(cfg, before)
+    coverage._rederive(cfg, before)
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_a_towers_output_width_follows_the_decoder_that_reads_it():
+    """SAM-HQ: the vision neck's output_channels (256) is the mask decoder's hidden size (256) and the shared
+    positional embedding has num_pos_feats = half of it; the mask decoder's vit_dim is the vision tower's width.
+    Shrinking the decoders to 32 takes those along."""
+    cfg = _small("sam_hq")
+    v, dec = cfg.vision_config, cfg.mask_decoder_config
+    assert v.output_channels == dec.hidden_size == cfg.prompt_encoder_config.hidden_size == 32
+    assert 2 * v.num_pos_feats == v.output_channels
+    assert dec.vit_dim == v.hidden_size
+    torch.manual_seed(0)
+    _check(T.SamHQModel(cfg), None)
+
+
+def test_the_query_layers_of_a_segmenter_stay_within_the_shrunk_depth():
+    """EoMT: the last num_blocks layers take the queries; with more than the depth the queries are never added."""
+    cfg = _small("eomt_dinov3", image_size=64)
+    assert cfg.num_blocks <= cfg.num_hidden_layers == 2
+    torch.manual_seed(0)
+    _check(T.EomtDinov3ForUniversalSegmentation(cfg), None)
+
+
+def test_a_necks_channel_list_is_its_timm_backbones_feature_widths():
+    """EdgeTAM's default backbone config names ResNet-50 while its channel list was written for RepViT: the small
+    config takes the widths timm's feature extractor gives (deepest first, as the list was)."""
+    import timm
+    cfg = _small("edgetam_vision_model")
+    bb = cfg.backbone_config
+    with torch.device("meta"):
+        widths = timm.create_model(bb.architecture, pretrained=False, **bb.model_args).feature_info.channels()
+    assert list(cfg.backbone_channel_list) == list(reversed(widths))
+    torch.manual_seed(0)
+    _check(T.EdgeTamVisionModel(cfg), None)
+
+
+def test_a_detr_encoder_fed_its_parents_features_gets_a_feature_pyramid_with_its_position_embeddings():
+    """SAM3's DETR encoder: forward(vision_features: list[Tensor], text_features: Tensor, vision_pos_embeds=None, ...);
+    the position embeddings (optional, but zipped with the features) come in the features' shapes."""
+    from transformers.models.sam3.modeling_sam3 import Sam3DetrEncoder
+    cfg = _small("sam3_detr_encoder")
+    kwargs = _check(Sam3DetrEncoder(cfg), None)
+    feats, pos = kwargs["vision_features"], kwargs["vision_pos_embeds"]
+    assert [f.shape for f in feats] == [p.shape for p in pos] == [(2, 32, 4, 4), (2, 32, 2, 2)]
+    assert kwargs["text_features"].shape == (2, 8, 32)
+
+
+def test_a_detr_decoder_fed_its_parents_features_gets_them_at_its_width():
+    from transformers.models.sam3_lite_text.modeling_sam3_lite_text import Sam3LiteTextDetrDecoder
+    cfg = _small("sam3_lite_text_detr_decoder", num_queries=4)
+    kwargs = _check(Sam3LiteTextDetrDecoder(cfg), None)
+    assert {k: tuple(v.shape) for k, v in kwargs.items()} == {
+        "vision_features": (2, 8, 32), "text_features": (2, 8, 32), "vision_pos_encoding": (2, 8, 32)}
