@@ -80,3 +80,13 @@ def test_a_detr_decoder_fed_its_parents_features_gets_them_at_its_width():
     kwargs = _check(Sam3LiteTextDetrDecoder(cfg), None)
     assert {k: tuple(v.shape) for k, v in kwargs.items()} == {
         "vision_features": (2, 8, 32), "text_features": (2, 8, 32), "vision_pos_encoding": (2, 8, 32)}
+
+
+def test_a_mask_decoder_head_whose_encoder_states_cross_attend_to_the_prompt_has_its_table_site():
+    """SAM3-LiteText's mask decoder: decoder_queries, backbone_features (a pyramid whose coarsest level the encoder
+    states replace) and encoder_hidden_states built by the probe, prompt_features too (an optional ``*_features``);
+    its one residual add (encoder states + cross-attention to the prompt) is in no numbered layer: a table site."""
+    from transformers.models.sam3_lite_text.modeling_sam3_lite_text import Sam3LiteTextMaskDecoder
+    cfg = _small("sam3_lite_text_mask_decoder")
+    kwargs = _check(Sam3LiteTextMaskDecoder(cfg), {"cross_attention": 1})
+    assert kwargs["prompt_features"].shape == kwargs["encoder_hidden_states"].shape == (2, 8, 32)
