@@ -237,6 +237,79 @@ def _sibling_widths(cfg, before, seen=None) -> None:
         _sibling_widths(s, b, seen)
 
 
+def _configs_with(cfg, before) -> list[tuple]:
+    """(config, its state before shrinking) for the config and its nested sub-configs, breadth first."""
+    out, level = [], [(cfg, before)]
+    while level:
+        out += level
+        level = [(v, getattr(b, k, None)) for c, b in level for k, v in vars(c).items()
+                 if _is_config(v) and _is_config(getattr(b, k, None)) and all(v is not o for o, _ in out)]
+    return out
+
+
+def _feature_sizes(cfg, before) -> None:
+    """Feature-map sizes a config states for its backbone's levels (``backbone_feature_sizes``: [[h, w], ...], the
+    maps at 1/4, 1/8, 1/16 of a 1024-px image) scaled with the image size that `_shrink` quartered on the same config
+    or a sub-config of the same composite (SAM2's Hiera and prompt encoder, EdgeTAM's prompt encoder)."""
+    pairs = _configs_with(cfg, before)
+    ratios = set()
+    for c, b in pairs:
+        new, old = getattr(c, "image_size", None), getattr(b, "image_size", None)
+        new, old = (new[0] if isinstance(new, (list, tuple)) and new else new), (
+            old[0] if isinstance(old, (list, tuple)) and old else old)
+        if isinstance(new, int) and isinstance(old, int) and 0 < new < old and old % new == 0:
+            ratios.add(old // new)
+    if len(ratios) != 1:
+        return
+    r = ratios.pop()
+    for c, b in pairs:
+        for k, v in list(vars(c).items()):
+            if (k.endswith("feature_sizes") and isinstance(v, (list, tuple)) and v and v == getattr(b, k, None)
+                    and all(isinstance(x, (list, tuple)) and all(isinstance(y, int) for y in x) for x in v)):
+                _set(c, k, type(v)(type(x)(max(1, y // r) for y in x) for x in v))
+
+
+def _timm_backbone_levels(cfg, before) -> None:
+    """A timm backbone's levels (``model_args.out_indices``) where the composite's image size and the feature sizes
+    its config states (`before` shrinking) put them: the first stated size at image / reduction, so the levels are
+    the consecutive timm levels from that reduction, as many as the neck's ``backbone_channel_list`` (whose widths
+    follow). EdgeTAM's ResNet-50 (reductions 2 ... 32) for a neck written for RepViT's 1/4 ... 1/32 levels: out_indices
+    1-4, not 0-3, or the maps do not meet the prompt encoder's 1/16 grid."""
+    pairs = _configs_with(cfg, before)
+    images = {x for _, b in pairs for x in [getattr(b, "image_size", None)] if isinstance(x, int) and x > 0}
+    if len(images) != 1:
+        return
+    image = images.pop()
+    for c, b in pairs:
+        chans, sizes, bb = (getattr(c, "backbone_channel_list", None), getattr(b, "backbone_feature_sizes", None),
+                            getattr(c, "backbone_config", None))
+        arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+        if not (isinstance(chans, (list, tuple)) and isinstance(sizes, (list, tuple)) and sizes and isinstance(
+                sizes[0], (list, tuple)) and isinstance(arch, str) and isinstance(args, dict)
+                and args.get("features_only") and "out_indices" in args):
+            continue
+        try:
+            import timm
+            import torch
+            with torch.device("meta"):
+                info = timm.create_model(arch, pretrained=False, **{k: v for k, v in args.items()
+                                                                   if k != "out_indices"}).feature_info
+            reductions, widths = list(info.reduction()), list(info.channels())
+        except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take
+            continue
+        r0 = image // int(sizes[0][0])
+        if r0 not in reductions:
+            continue
+        first = reductions.index(r0)
+        idx = list(range(first, first + len(chans)))
+        if idx[-1] >= len(reductions) or [image // reductions[i] for i in idx[:len(sizes)]] != [
+                int(s[0]) for s in sizes[:len(idx)]]:
+            continue
+        _set(bb, "model_args", {**args, "out_indices": type(args["out_indices"])(idx)})
+        ws = [widths[i] for i in idx]
+        _set(c, "backbone_channel_list", type(chans)(ws[::-1] if chans[0] > chans[-1] else ws))
+
+
 _TABLE_KEYS = {*_WIDTH, *_DEPTH, *_HEADS, *_FFN}
 
 
@@ -429,6 +502,8 @@ def build_transformers(model_type: str, level: str = "small"):
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
         _sibling_widths(cfg, before)
+        _feature_sizes(cfg, before)
+        _timm_backbone_levels(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

@@ -17,12 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import coverage  # noqa: E402
 
 
-def _small(model_type, **fields):
-    """The benchmark's small config of `model_type` (shrunk, sibling widths tied, re-derived), then `fields`."""
-    cfg = T.AutoConfig.for_model(model_type)
+def _small(model_type, cfg=None, **fields):
+    """The benchmark's small config of `model_type` (or of `cfg`, its default config changed: shrunk, sibling widths
+    tied, feature sizes and timm levels placed, re-derived), then `fields`."""
+    cfg = cfg if cfg is not None else T.AutoConfig.for_model(model_type)
     before = copy.deepcopy(cfg)
     coverage._shrink(cfg)
     coverage._sibling_widths(cfg, before)
+    coverage._feature_sizes(cfg, before)
+    coverage._timm_backbone_levels(cfg, before)
     coverage._rederive(cfg, before)
     for k, v in fields.items():
         setattr(cfg, k, v)
@@ -90,3 +93,30 @@ def test_a_mask_decoder_head_whose_encoder_states_cross_attend_to_the_prompt_has
     cfg = _small("sam3_lite_text_mask_decoder")
     kwargs = _check(Sam3LiteTextMaskDecoder(cfg), {"cross_attention": 1})
     assert kwargs["prompt_features"].shape == kwargs["encoder_hidden_states"].shape == (2, 8, 32)
+
+
+def test_feature_sizes_follow_the_quartered_image_and_the_probe_feeds_a_sub_configs_image_size():
+    """SAM2: the 1024-px image sizes (Hiera's, the prompt encoder's) are quartered, so are the feature-map sizes the
+    vision config states (1/4, 1/8, 1/16 of the image); the probe feeds images at the sub-configs' image size (after
+    its other candidates: the composite's config names none)."""
+    cfg = _small("sam2")
+    assert cfg.prompt_encoder_config.image_size == 256
+    assert [list(x) for x in cfg.vision_config.backbone_feature_sizes] == [[64, 64], [32, 32], [16, 16]]
+    torch.manual_seed(0)
+    kwargs = _check(T.Sam2Model(cfg), None)
+    assert kwargs["pixel_values"].shape == (2, 3, 256, 256)
+
+
+def test_a_timm_backbones_levels_are_where_the_image_and_feature_sizes_put_them():
+    """EdgeTAM: feature sizes 256, 128, 64 of a 1024-px image are levels at 1/4 ... (and a fourth at 1/32): a ResNet's
+    levels 1-4 (reductions 4 ... 32), with their widths in the neck's channel list (ResNet-18 here for speed; the
+    default names ResNet-50)."""
+    cfg = T.AutoConfig.for_model("edgetam")
+    cfg.vision_config.backbone_config.architecture = "resnet18"
+    cfg = _small("edgetam", cfg)
+    v = cfg.vision_config
+    assert list(v.backbone_config.model_args["out_indices"]) == [1, 2, 3, 4]
+    assert list(v.backbone_channel_list) == [512, 256, 128, 64]
+    torch.manual_seed(0)
+    kwargs = _check(T.EdgeTamModel(cfg), None)
+    assert kwargs["pixel_values"].shape == (2, 3, 256, 256)

@@ -303,6 +303,14 @@ def _tower_inputs(cfg, params) -> list[dict]:
     return [out]
 
 
+def _nested_pixels(cfg, first: torch.Tensor) -> list[torch.Tensor]:
+    """Images (BATCH, channels, h, w) at the image sizes its nested configs state (``image_size`` of a backbone or a
+    prompt encoder: SAM2's Hiera, EdgeTAM's prompt encoder), each size once, other than `first`'s."""
+    sizes = [size2(getattr(c, "image_size", None), 0) for c in _configs(cfg)[1:]]
+    sizes = [hw for hw in dict.fromkeys(sizes) if hw[0] > 0 and hw != tuple(first.shape[-2:])]
+    return [torch.randn(BATCH, first.shape[1], h, w, generator=generator()) for h, w in sizes]
+
+
 def _keyword_candidates(model: nn.Module) -> list[dict]:
     """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
     the config's image size and channels, audio features or samples), with pixel values and token ids too where
@@ -365,6 +373,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
+    if main == "pixel_values" and mains and mains[0].dim() == 4:  # after those: the image sizes of sub-configs
+        cands += [{"pixel_values": p, **extra} for p in _nested_pixels(cfg, mains[0])]
     return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands))) + _tower_inputs(
         cfg, params)
 
