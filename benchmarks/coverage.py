@@ -5,7 +5,9 @@ head where such fields exist, with the fields derived from them kept consistent;
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
-2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; widths one sub-config
+hands another (`_sibling_widths`), feature-map sizes and timm backbone levels (`_feature_sizes`,
+`_timm_backbone_levels`) kept consistent with the shrunk widths and image sizes; timm: the smallest-named
 model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
 builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
 class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),

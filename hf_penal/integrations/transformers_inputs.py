@@ -13,8 +13,11 @@ width), time-series context. Last-resort candidates: codebook-interleaved ids, a
 ``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away; after all of
 those (so a model an earlier candidate runs keeps its inputs), audio features in further (frames, width) layouts
 (`_feature_layouts`: the width of a feature projection, the mel bins of a nested audio config with frames in whole
-stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2, channels, height, width) for keypoint
-matchers.
+stacking windows, frames stacked 2 or 4 per row), image pairs (batch, 2, channels, height, width) for keypoint
+matchers, images at the image sizes of nested configs (`_nested_pixels`: a composite whose backbone or prompt encoder
+states the size), and, for a tower fed its parent's features (required arguments no rule builds by name), those
+arguments by their annotation at the config's width, lists as a feature pyramid, with the optional ``*_features`` and
+position embeddings beside them (`_tower_inputs`).
 """
 from __future__ import annotations
 
