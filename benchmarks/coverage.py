@@ -7,11 +7,13 @@ that config is retried with as many key/value heads as query heads, then with on
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
-image placeholder id is set, `_placeholder_token`; timm: the smallest-named model of each family, img_size 64 where the
-model takes it, run at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe),
-the residual blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside
-which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter
-gradients equal the explicit-penalty oracle built from the found sites
+image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`), feature-map
+sizes and timm backbone levels (`_feature_sizes`, `_timm_backbone_levels`) kept consistent with the shrunk widths and
+image sizes; timm: the smallest-named model of each family, img_size 64 where the model takes it, run at 64 px where it
+runs there), it records: whether it builds, the sites found (table and/or probe), the residual blocks covered (elements
+of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are
+added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the explicit-penalty
+oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
 dies is replaced and the model recorded as crashed.
@@ -247,6 +249,132 @@ def _from_backbone(cfg) -> None:
     dec_in, enc_w = getattr(cfg, "decoder_in_channels", None), _int(cfg, "encoder_hidden_dim")
     if isinstance(dec_in, (list, tuple)) and enc_w:
         _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
+    _timm_backbone_channels(cfg)
+
+
+def _timm_backbone_channels(cfg) -> None:
+    """A neck's per-level input widths (``backbone_channel_list``) from the timm backbone its config names
+    (``backbone_config.architecture`` with ``model_args``, features_only): the widths timm's feature extractor gives at
+    those out_indices, in the list's order (deepest first where the list decreases). The defaults of a config can name
+    another backbone than the one its channel list was written for (EdgeTAM's: a ResNet-50 feeding a neck for
+    RepViT's widths)."""
+    chans, bb = getattr(cfg, "backbone_channel_list", None), getattr(cfg, "backbone_config", None)
+    arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+    if not (isinstance(chans, (list, tuple)) and len(chans) > 1 and isinstance(arch, str)
+            and isinstance(args, dict) and args.get("features_only")):
+        return
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            widths = list(timm.create_model(arch, pretrained=False, **args).feature_info.channels())
+    except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take: left as it is
+        return
+    if len(widths) == len(chans) and widths != list(chans):
+        _set(cfg, "backbone_channel_list", type(chans)(widths[::-1] if chans[0] > chans[-1] else widths))
+
+
+def _sibling_widths(cfg, before, seen=None) -> None:
+    """Widths one sub-config of a composite hands to another, kept equal after shrinking (`before`: the config before
+    `_shrink`; sub-configs of sub-configs too). A tower's ``output_channels`` that equalled a sibling's hidden_size
+    before shrinking takes the sibling's shrunk hidden size (the width its decoder reads: SAM-HQ's vision neck and
+    mask decoder), with the tower's ``num_pos_feats`` (positional features added at that width) scaled alike; a
+    sibling's ``*_dim`` field that equalled the tower's hidden_size before shrinking and that the shrink left as it
+    was (SAM-HQ's ``vit_dim``) takes the tower's shrunk hidden size."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    subs = [(v, getattr(before, k, None)) for k, v in vars(cfg).items() if _is_config(v)]
+    subs = [(s, b) for s, b in subs if _is_config(b)]
+    for s, b in subs:
+        old_out, old_w, w = _int(b, "output_channels"), _int(b, "hidden_size"), _int(s, "hidden_size")
+        for t, tb in subs:
+            if t is s:
+                continue
+            old_t, new_t = _int(tb, "hidden_size"), _int(t, "hidden_size")
+            if old_out and _int(s, "output_channels") == old_out == old_t and new_t and new_t != old_out:
+                _set(s, "output_channels", new_t)
+                if _int(s, "num_pos_feats"):
+                    _set(s, "num_pos_feats", max(1, s.num_pos_feats * new_t // old_out))
+            for k, v in list(vars(t).items()):
+                if (k.endswith("_dim") and isinstance(v, int) and not isinstance(v, bool) and old_w and w
+                        and v == old_w == getattr(tb, k, None) and w != old_w):
+                    _set(t, k, w)
+        _sibling_widths(s, b, seen)
+
+
+def _configs_with(cfg, before) -> list[tuple]:
+    """(config, its state before shrinking) for the config and its nested sub-configs, breadth first."""
+    out, level = [], [(cfg, before)]
+    while level:
+        out += level
+        level = [(v, getattr(b, k, None)) for c, b in level for k, v in vars(c).items()
+                 if _is_config(v) and _is_config(getattr(b, k, None)) and all(v is not o for o, _ in out)]
+    return out
+
+
+def _feature_sizes(cfg, before) -> None:
+    """Feature-map sizes a config states for its backbone's levels (``backbone_feature_sizes``: [[h, w], ...], the
+    maps at 1/4, 1/8, 1/16 of a 1024-px image) scaled with the image size that `_shrink` quartered on the same config
+    or a sub-config of the same composite (SAM2's Hiera and prompt encoder, EdgeTAM's prompt encoder)."""
+    pairs = _configs_with(cfg, before)
+    ratios = set()
+    for c, b in pairs:
+        new, old = getattr(c, "image_size", None), getattr(b, "image_size", None)
+        new, old = (new[0] if isinstance(new, (list, tuple)) and new else new), (
+            old[0] if isinstance(old, (list, tuple)) and old else old)
+        if isinstance(new, int) and isinstance(old, int) and 0 < new < old and old % new == 0:
+            ratios.add(old // new)
+    if len(ratios) != 1:
+        return
+    r = ratios.pop()
+    for c, b in pairs:
+        for k, v in list(vars(c).items()):
+            if (k.endswith("feature_sizes") and isinstance(v, (list, tuple)) and v and v == getattr(b, k, None)
+                    and all(isinstance(x, (list, tuple)) and all(isinstance(y, int) for y in x) for x in v)):
+                _set(c, k, type(v)(type(x)(max(1, y // r) for y in x) for x in v))
+
+
+def _timm_backbone_levels(cfg, before) -> None:
+    """A timm backbone's levels (``model_args.out_indices``) where the composite's image size and the feature sizes
+    its config states (`before` shrinking) put them: the first stated size at image / reduction, so the levels are
+    the consecutive timm levels from that reduction, as many as the neck's ``backbone_channel_list`` (whose widths
+    follow). EdgeTAM's ResNet-50 (reductions 2 ... 32) for a neck written for RepViT's 1/4 ... 1/32 levels: out_indices
+    1-4, not 0-3, or the maps do not meet the prompt encoder's 1/16 grid."""
+    pairs = _configs_with(cfg, before)
+    images = {x for _, b in pairs for x in [getattr(b, "image_size", None)] if isinstance(x, int) and x > 0}
+    if len(images) != 1:
+        return
+    image = images.pop()
+    for c, b in pairs:
+        chans, sizes, bb = (getattr(c, "backbone_channel_list", None), getattr(b, "backbone_feature_sizes", None),
+                            getattr(c, "backbone_config", None))
+        arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+        if not (isinstance(chans, (list, tuple)) and isinstance(sizes, (list, tuple)) and sizes and isinstance(
+                sizes[0], (list, tuple)) and isinstance(arch, str) and isinstance(args, dict)
+                and args.get("features_only") and "out_indices" in args):
+            continue
+        try:
+            import timm
+            import torch
+            with torch.device("meta"):
+                info = timm.create_model(arch, pretrained=False, **{k: v for k, v in args.items()
+                                                                   if k != "out_indices"}).feature_info
+            reductions, widths = list(info.reduction()), list(info.channels())
+        except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take
+            continue
+        r0 = image // int(sizes[0][0])
+        if r0 not in reductions:
+            continue
+        first = reductions.index(r0)
+        idx = list(range(first, first + len(chans)))
+        if idx[-1] >= len(reductions) or [image // reductions[i] for i in idx[:len(sizes)]] != [
+                int(s[0]) for s in sizes[:len(idx)]]:
+            continue
+        _set(bb, "model_args", {**args, "out_indices": type(args["out_indices"])(idx)})
+        ws = [widths[i] for i in idx]
+        _set(c, "backbone_channel_list", type(chans)(ws[::-1] if chans[0] > chans[-1] else ws))
 
 
 _TABLE_KEYS = {*_WIDTH, *_DEPTH, *_HEADS, *_FFN}
@@ -381,6 +509,15 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
         _set(cfg, "num_hidden_layers", n)
         _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])
         _set(cfg, "out_indices", list(range(n - len(idx) + 1, n + 1)))
+    _last_layers(cfg)
+
+
+def _last_layers(cfg) -> None:
+    """A count of the last layers that do something more (``num_blocks``: EoMT's layers that take the queries and
+    predict masks) no larger than the shrunk depth (``num_hidden_layers``): with more, the queries are never added."""
+    depth, n = _int(cfg, "num_hidden_layers"), _int(cfg, "num_blocks")
+    if depth and n and n > depth and "num_blocks" not in (getattr(cfg, "attribute_map", {}) or {}):
+        _set(cfg, "num_blocks", depth)
 
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
@@ -461,6 +598,9 @@ def build_transformers(model_type: str, level: str = "small"):
     before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
+        _sibling_widths(cfg, before)
+        _feature_sizes(cfg, before)
+        _timm_backbone_levels(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

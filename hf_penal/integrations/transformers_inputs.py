@@ -20,7 +20,11 @@ sizes (``target_sizes``), as a batch and packed into one row of patches, and pat
 patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names
 (`_named_late`): trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``,
 ``returns_to_go``, ``timesteps``), tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents
-(``context_input_ids``, ``doc_scores`` for ``n_docs``).
+(``context_input_ids``, ``doc_scores`` for ``n_docs``); also after the image pairs, images at the image sizes of nested
+configs (`_nested_pixels`: a composite whose backbone or prompt encoder states the size); and, for a tower fed its
+parent's features (required arguments no rule builds by name), those arguments by their annotation at the config's
+width, lists as a feature pyramid, with the optional ``*_features`` and position embeddings beside them
+(`_tower_inputs`).
 """
 from __future__ import annotations
 
@@ -316,6 +320,58 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
     return out + late or cands
 
 
+_POS = re.compile(r"pos_(embed|encod)")  # position embeddings / encodings given beside features
+
+
+def _tower_inputs(cfg, params) -> list[dict]:
+    """Last resort for a tower fed its parent's features (a forward with required arguments no other rule builds:
+    ``vision_features``, ``decoder_queries``, ``backbone_features``): each required floating-tensor argument by its
+    annotation at the config's width, a tensor (BATCH, SEQ, width) or a list of tensors as a feature pyramid
+    [(BATCH, width, 4, 4), (BATCH, width, 2, 2)] (fine to coarse; the coarsest has no more positions than SEQ);
+    optional ``*_features`` arguments (prompt features a decoder cross-attends to) likewise, and optional position
+    embeddings (``*pos_embed*``, ``*pos_encoding*``) in the shapes of the features they go with (the same annotation).
+    Arguments the other rules build (``encoder_hidden_states``, ...) take those rules' first alternative. [] where
+    the forward has no such argument, or one that is neither built by name nor a floating tensor."""
+    width = _first_int([cfg], "hidden_size", "d_model", "hidden_dim")
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = [n for n, p in named.items() if p.default is inspect.Parameter.empty]
+    unbuilt = [n for n in required if _required_alternatives(cfg, n, required) is None]
+    if not width or not unbuilt:
+        return []
+
+    def kind(p) -> str | None:  # "list" / "tensor": a (list of) floating tensor(s) by the annotation
+        a = re.sub(r"<class '([\w.]+)'>", r"\1", str(p.annotation)).replace("typing.", "")
+        if re.search(r"Long|Bool|Int", a):
+            return None
+        if re.match(r"(list|List|tuple|Tuple)\[torch\.(Float)?Tensor", a):
+            return "list"
+        return "tensor" if re.match(r"torch\.(Float)?Tensor", a) else None
+
+    g = generator()
+    made = {"list": [torch.randn(BATCH, width, s, s, generator=g) for s in (4, 2)],
+            "tensor": torch.randn(BATCH, SEQ, width, generator=g)}
+    out = {}
+    for n in required:
+        if n in unbuilt:
+            if kind(named[n]) is None:
+                return []
+            out[n] = made[kind(named[n])]
+        else:
+            out[n] = _required_alternatives(cfg, n, required)[0]
+    for n, p in named.items():
+        if n not in out and kind(p) and (n.endswith("_features") or _POS.search(n)):
+            out[n] = made[kind(p)]
+    return [out]
+
+
+def _nested_pixels(cfg, first: torch.Tensor) -> list[torch.Tensor]:
+    """Images (BATCH, channels, h, w) at the image sizes its nested configs state (``image_size`` of a backbone or a
+    prompt encoder: SAM2's Hiera, EdgeTAM's prompt encoder), each size once, other than `first`'s."""
+    sizes = [size2(getattr(c, "image_size", None), 0) for c in _configs(cfg)[1:]]
+    sizes = [hw for hw in dict.fromkeys(sizes) if hw[0] > 0 and hw != tuple(first.shape[-2:])]
+    return [torch.randn(BATCH, first.shape[1], h, w, generator=generator()) for h, w in sizes]
+
+
 def _keyword_candidates(model: nn.Module) -> list[dict]:
     """Candidate keyword inputs for a transformers model, most complete first: its main input (token ids, pixels at
     the config's image size and channels, audio features or samples), with pixel values and token ids too where
@@ -379,8 +435,10 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
     cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
+    if main == "pixel_values" and mains and mains[0].dim() == 4:  # after those: the image sizes of sub-configs
+        cands += [{"pixel_values": p, **extra} for p in _nested_pixels(cfg, mains[0])]
     out = _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
-    return out + _named_late(cfg, params, out)
+    return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
