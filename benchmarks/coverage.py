@@ -258,6 +258,26 @@ def _rederive(cfg, before, seen=None) -> None:
                 _set(sub, f, v)
 
 
+def _width_sums(cfg, before, seen=None) -> None:
+    """A field whose default is the sum of the config's and one sub-config's ``hidden_size`` (a codec's
+    quantization_dim over its acoustic and semantic encoders' concatenated features) set to the sum of the shrunk
+    widths, where shrinking left it as it was (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    subs = {k: v for k, v in vars(cfg).items() if _is_config(v) and _is_config(getattr(before, k, None))}
+    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
+    for name, sub in subs.items():
+        w, w0 = _int(sub, "hidden_size"), _int(getattr(before, name), "hidden_size")
+        if own and own0 and w and w0 and (own, w) != (own0, w0):
+            for k, v in _fields(cfg).items():
+                if k not in _TABLE_KEYS and _int(cfg, k) and v == own0 + w0 and getattr(before, k, None) == v:
+                    _set(cfg, k, own + w)
+    for name, sub in subs.items():
+        _width_sums(sub, getattr(before, name), seen)
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -366,6 +386,7 @@ def build_transformers(model_type: str, level: str = "small"):
     before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
+        _width_sums(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

@@ -178,7 +178,42 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         return [torch.ones(BATCH, SEQ, dtype=torch.long)]
     if name == "input_ids":
         return [_token_ids(_sub(cfg, "text_config", "decoder", "text_encoder"))]
+    return _named_audio(cfg, name, required)
+
+
+_PAIRED = object()  # placeholder for a mask built from the input it pairs with (`_paired_masks`)
+
+
+def _named_audio(cfg, name: str, required: list[str]) -> list | None:
+    """Audio arguments by name, after the other names: a mel spectrogram (a name with ``mel``: (batch, frames, the
+    config's ``input_feat_size`` / ``num_mel_bins`` / ``mel_dim``), frames 64), codebook ids (a name ending in
+    ``_input_ids`` on a config with ``num_codebooks``: (batch, SEQ, codebooks) below ``codebook_size``), and a mask
+    of another required input (``<input>_mask``: built by `_paired_masks`)."""
+    cs = _configs(cfg)
+    if name.endswith("_mask") and name[:-len("_mask")] in required:
+        return [_PAIRED]
+    if "mel" in name.split("_"):
+        width = _first_int(cs, "input_feat_size", "num_mel_bins", "mel_dim", "n_mel_bins", default=80)
+        return [torch.randn(BATCH, 64, width, generator=generator())]
+    books, size = _first_int(cs, "num_codebooks"), _first_int(cs, "codebook_size")
+    if name.endswith("_input_ids") and books and size:
+        return [torch.randint(0, size, (BATCH, SEQ, books), generator=generator())]
     return None
+
+
+def _paired_masks(params, cand: dict) -> dict:
+    """`_PAIRED` placeholders replaced by a frame mask of the input they pair with (``audio_mel_mask`` of
+    ``audio_mel``: (batch, frames)), in the forward's annotated dtype (bool where it says so, else long). Its first
+    three quarters of frames are 1 and the rest 0, so frames are kept whichever value the model reads as padding."""
+    out = dict(cand)
+    for k, v in cand.items():
+        if v is _PAIRED:
+            x = cand[k[:-len("_mask")]]
+            n = x.shape[1]
+            m = torch.zeros(BATCH, n, dtype=torch.long)
+            m[:, :max(1, 3 * n // 4)] = 1
+            out[k] = m.bool() if "bool" in str(params[k].annotation).lower() else m
+    return out
 
 
 def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
@@ -249,11 +284,11 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
             continue
         n_alt = max((len(v) for v in alts.values()), default=1)
         for i in range(n_alt):
-            cand = {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base}
+            cand = _paired_masks(params, {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base})
             if all(cand.keys() != c.keys() or any(cand[k] is not c[k] for k in c) for c in out):
                 out.append(cand)
         if "input_features" in missing:  # the last-resort feature layouts, after every aligned candidate
-            late += [{**{n: v[0] for n, v in alts.items()}, "input_features": f, **base}
+            late += [_paired_masks(params, {**{n: v[0] for n, v in alts.items()}, "input_features": f, **base})
                      for f in _audio_alternatives(cfg, "input_features")[2:]]
     return out + late or cands
 
@@ -320,7 +355,39 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
-    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    return _feature_masks(params, _timed_audio(cfg, params, _fill_required(cfg, params, _patchified(cfg, params,
+                                                                                                    cands))))
+
+
+_LENS = ("feature_lens", "feature_lengths")
+
+
+def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last-resort audio candidates whose lengths are tied (after every other candidate): features with their
+    per-sample frame counts where the forward takes them (``feature_lens``: the features packed as (mel, batch ×
+    frames), then batched (batch, mel, frames)); and where it takes samples and features together (codecs with a
+    semantic encoder beside the acoustic one), features at one frame per hop of samples (the config's
+    ``encoder_hop_length`` or ``hop_length``: 16000 samples, 16000 // hop frames) in each (frames, width) layout,
+    with an all-ones frame mask where the forward takes one."""
+    out = list(cands)
+    a, cs = _sub(cfg, "audio_config", "encoder_config"), _configs(cfg)
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    lens = next((n for n in _LENS if n in params), None)
+    if lens and "input_features" in params:
+        t = 2 * int(getattr(a, "max_source_positions", 0) or 32)
+        g = generator()
+        n = torch.full((BATCH,), t, dtype=torch.long)
+        out += [{"input_features": torch.randn(mel, BATCH * t, generator=g), lens: n},
+                {"input_features": torch.randn(BATCH, mel, t, generator=g), lens: n}]
+    hop = _first_int(cs, "encoder_hop_length", "hop_length")
+    if hop and "input_values" in params and "input_features" in params and 16000 // hop > 0:
+        t = 16000 // hop
+        widths = dict.fromkeys([mel] + [w for _, w in _feature_layouts(cfg, mel, mel)])
+        samples = [v for v in _audio_alternatives(cfg, "input_values") if v.shape[-1] == 16000]
+        mask = {"input_features_mask": torch.ones(BATCH, t, dtype=torch.long)} if "input_features_mask" in params else {}
+        out += [{"input_values": v, "input_features": torch.randn(BATCH, t, w, generator=generator()), **mask}
+                for w in widths for v in samples]
+    return out
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
