@@ -165,8 +165,32 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     _consistent(cfg, kv_heads)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
+            _timm_tower(sub)
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+# a timm tower inside a composite config (a TimmWrapperConfig: `architecture` + `model_args`, the arguments of
+# timm.create_model): a small ViT of its architecture, 32 px (the probe reads img_size from model_args)
+_TIMM_SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 16}
+
+
+def _timm_tower(cfg) -> None:
+    """A nested timm tower's `model_args` made small (`_TIMM_SMALL`, over its own) where timm builds its
+    architecture with them (checked on the meta device); left as it is otherwise (a CNN that takes no depth). A
+    top-level timm_wrapper model is not changed."""
+    arch, args = getattr(cfg, "architecture", None), getattr(cfg, "model_args", False)
+    if not isinstance(arch, str) or not (args is None or isinstance(args, dict)):
+        return
+    new = {**(args or {}), **_TIMM_SMALL}
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, num_classes=0, **new)
+    except Exception:  # noqa: BLE001 - an architecture without these arguments
+        return
+    _set(cfg, "model_args", new)
 
 
 def _from_backbone(cfg) -> None:

@@ -130,7 +130,7 @@ def _patch_grid(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _video(cfg) -> torch.Tensor:
     """(BATCH, frames, channels, height, width): the config's frame count (2 temporal tubelets when it has none or
-    more than 16) at its image / crop size."""
+    more than 16) at its image / crop size (or a nested timm tower's img_size)."""
     cs = _vision_cfgs(cfg)
     tube = getattr(cs[0], "tubelet_size", None)
     tube = tube[0] if isinstance(tube, (list, tuple)) and tube else tube
@@ -138,9 +138,19 @@ def _video(cfg) -> torch.Tensor:
     frames = _first_int(cs, "num_frames", "frames_per_clip")
     frames = frames if frames and frames <= 16 else 2 * tube
     size = next((getattr(c, k) for c in cs for k in ("image_size", "crop_size") if getattr(c, k, None)), None)
-    h, w = size2(size, 32)
+    h, w = size2(size or _timm_size(cfg), 32)
     ch = _first_int(cs, "num_channels", "in_chans", "in_channels", default=3)
     return torch.randn(BATCH, frames, ch, h, w, generator=generator())
+
+
+def _timm_size(cfg):
+    """The image size a nested timm tower is built at (``model_args["img_size"]`` of a config with
+    ``architecture``), or None."""
+    for c in _configs(cfg):
+        args = getattr(c, "model_args", None)
+        if isinstance(getattr(c, "architecture", None), str) and isinstance(args, dict) and args.get("img_size"):
+            return args["img_size"]
+    return None
 
 
 def _states(cfg) -> list[torch.Tensor]:
@@ -355,8 +365,17 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
-    return _feature_masks(params, _timed_audio(cfg, params, _fill_required(cfg, params, _patchified(cfg, params,
-                                                                                                    cands))))
+    filled = _fill_required(cfg, params, _patchified(cfg, params, cands))
+    return _feature_masks(params, _with_video(cfg, params, _timed_audio(cfg, params, filled)))
+
+
+def _with_video(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last resorts for a forward that takes a video clip beside its other inputs (``pixel_values_videos``, not
+    required: an audio-video encoder): each candidate without one again, with the clip of `_video`."""
+    if "pixel_values_videos" not in params:
+        return cands
+    clip = _video(cfg)
+    return cands + [{**c, "pixel_values_videos": clip} for c in cands if "pixel_values_videos" not in c]
 
 
 _LENS = ("feature_lens", "feature_lengths")
