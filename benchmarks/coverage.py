@@ -5,7 +5,9 @@ head where such fields exist, with the fields derived from them kept consistent;
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
-2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a field whose default is
+the sum of the config's and a sub-config's hidden_size follows their shrunk sum, `_width_sums`; a timm tower nested in
+a composite config gets a 2-layer 32-wide ViT at 32 px through its model_args, `_timm_tower`; timm: the smallest-named
 model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
 builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
 class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),

@@ -67,11 +67,23 @@ def test_a_codec_with_a_semantic_encoder_gets_one_feature_frame_per_hop_of_sampl
     assert kwargs["input_features_mask"].shape == (2, 16000 // cfg.hop_length)
 
 
-def test_the_encoder_hop_length_comes_before_the_hop_length():
-    """NeuCodec's hop_length is at its output rate, encoder_hop_length at the input samples' rate."""
+def test_a_codec_whose_frames_are_trimmed_runs_once_its_quantizer_width_is_the_sum():
+    """NeuCodec trims the semantic and acoustic frames to the shorter: an earlier feature layout (at the feature
+    projection's width) runs it, once quantization_dim follows the two shrunk widths."""
     cfg = _small_config("neucodec")
-    assert cfg.encoder_hop_length != cfg.hop_length
     assert cfg.quantization_dim == cfg.hidden_size + cfg.semantic_model_config.hidden_size
+    cfg.encoder_hidden_size = 4
+    torch.manual_seed(0)
+    kwargs = _probed(T.NeuCodecModel(cfg))
+    assert kwargs["input_features"].shape[-1] == cfg.semantic_model_config.feature_projection_input_dim
+
+
+def test_a_clip_for_a_timm_tower_takes_the_img_size_of_its_model_args():
+    cfg = _small_config("pe_audio_video_encoder")
+    cfg.video_config.vision_config.model_args["img_size"] = 48
+    torch.manual_seed(0)
+    kwargs = _probed(T.PeAudioVideoEncoder(cfg))
+    assert kwargs["pixel_values_videos"].shape[-2:] == (48, 48)
 
 
 def test_an_audio_video_encoder_gets_a_clip_at_its_timm_towers_size():

@@ -14,7 +14,12 @@ width), time-series context. Last-resort candidates: codebook-interleaved ids, a
 those (so a model an earlier candidate runs keeps its inputs), audio features in further (frames, width) layouts
 (`_feature_layouts`: the width of a feature projection, the mel bins of a nested audio config with frames in whole
 stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2, channels, height, width) for keypoint
-matchers.
+matchers. Audio by argument name (`_named_audio`): a mel spectrogram (a name with ``mel``) at the config's
+``input_feat_size`` / mel bins with its paired mask (``<input>_mask``, `_paired_masks`), codebook ids
+(``..._input_ids``, (batch, SEQ, ``num_codebooks``)). Last of all (`_timed_audio`, `_with_video`): features packed
+(mel, batch × frames) with their ``feature_lens``, features at one frame per ``hop_length`` of 16000 samples beside
+the samples, and each candidate again with a video clip where the forward also takes ``pixel_values_videos`` (at a
+nested timm tower's ``model_args`` img_size where the config names no image size).
 """
 from __future__ import annotations
 
@@ -386,7 +391,7 @@ def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
     per-sample frame counts where the forward takes them (``feature_lens``: the features packed as (mel, batch ×
     frames), then batched (batch, mel, frames)); and where it takes samples and features together (codecs with a
     semantic encoder beside the acoustic one), features at one frame per hop of samples (the config's
-    ``encoder_hop_length`` or ``hop_length``: 16000 samples, 16000 // hop frames) in each (frames, width) layout,
+    ``hop_length``: 16000 samples, 16000 // hop frames) in each (frames, width) layout,
     with an all-ones frame mask where the forward takes one."""
     out = list(cands)
     a, cs = _sub(cfg, "audio_config", "encoder_config"), _configs(cfg)
@@ -398,7 +403,7 @@ def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
         n = torch.full((BATCH,), t, dtype=torch.long)
         out += [{"input_features": torch.randn(mel, BATCH * t, generator=g), lens: n},
                 {"input_features": torch.randn(BATCH, mel, t, generator=g), lens: n}]
-    hop = _first_int(cs, "encoder_hop_length", "hop_length")
+    hop = _first_int(cs, "hop_length")
     if hop and "input_values" in params and "input_features" in params and 16000 // hop > 0:
         t = 16000 // hop
         widths = dict.fromkeys([mel] + [w for _, w in _feature_layouts(cfg, mel, mel)])
