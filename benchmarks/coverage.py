@@ -9,11 +9,13 @@ __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamb
 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
 image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`), feature-map
 sizes and timm backbone levels (`_feature_sizes`, `_timm_backbone_levels`) kept consistent with the shrunk widths and
-image sizes; timm: the smallest-named model of each family, img_size 64 where the model takes it, run at 64 px where it
-runs there), it records: whether it builds, the sites found (table and/or probe), the residual blocks covered (elements
-of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are
-added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the explicit-penalty
-oracle built from the found sites
+image sizes; a field whose default is the sum of the config's and a sub-config's hidden_size follows their shrunk sum,
+`_width_sums`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its model_args,
+`_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run at 64 px where
+it runs there), it records: whether it builds, the sites found (table and/or probe), the residual blocks covered
+(elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape
+tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the
+explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
 dies is replaced and the model recorded as crashed.
@@ -173,6 +175,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
+            _timm_tower(sub)
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
 
@@ -234,6 +237,29 @@ def _put_layers(cfg, layers, shrink) -> None:
         shrink(layer)
         new[i] = {k: v if k == "skip" else getattr(layer, k) for k, v in over.items()}
     cfg.per_layer_config = new
+
+
+# a timm tower inside a composite config (a TimmWrapperConfig: `architecture` + `model_args`, the arguments of
+# timm.create_model): a small ViT of its architecture, 32 px (the probe reads img_size from model_args)
+_TIMM_SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 16}
+
+
+def _timm_tower(cfg) -> None:
+    """A nested timm tower's `model_args` made small (`_TIMM_SMALL`, over its own) where timm builds its
+    architecture with them (checked on the meta device); left as it is otherwise (a CNN that takes no depth). A
+    top-level timm_wrapper model is not changed."""
+    arch, args = getattr(cfg, "architecture", None), getattr(cfg, "model_args", False)
+    if not isinstance(arch, str) or not (args is None or isinstance(args, dict)):
+        return
+    new = {**(args or {}), **_TIMM_SMALL}
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, num_classes=0, **new)
+    except Exception:  # noqa: BLE001 - an architecture without these arguments
+        return
+    _set(cfg, "model_args", new)
 
 
 def _from_backbone(cfg) -> None:
@@ -451,6 +477,26 @@ def _rederive(cfg, before, seen=None) -> None:
                 _set(sub, f, v)
 
 
+def _width_sums(cfg, before, seen=None) -> None:
+    """A field whose default is the sum of the config's and one sub-config's ``hidden_size`` (a codec's
+    quantization_dim over its acoustic and semantic encoders' concatenated features) set to the sum of the shrunk
+    widths, where shrinking left it as it was (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    subs = {k: v for k, v in vars(cfg).items() if _is_config(v) and _is_config(getattr(before, k, None))}
+    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
+    for name, sub in subs.items():
+        w, w0 = _int(sub, "hidden_size"), _int(getattr(before, name), "hidden_size")
+        if own and own0 and w and w0 and (own, w) != (own0, w0):
+            for k, v in _fields(cfg).items():
+                if k not in _TABLE_KEYS and _int(cfg, k) and v == own0 + w0 and getattr(before, k, None) == v:
+                    _set(cfg, k, own + w)
+    for name, sub in subs.items():
+        _width_sums(sub, getattr(before, name), seen)
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -601,6 +647,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _sibling_widths(cfg, before)
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
+        _width_sums(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

@@ -24,7 +24,12 @@ patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optiona
 configs (`_nested_pixels`: a composite whose backbone or prompt encoder states the size); and, for a tower fed its
 parent's features (required arguments no rule builds by name), those arguments by their annotation at the config's
 width, lists as a feature pyramid, with the optional ``*_features`` and position embeddings beside them
-(`_tower_inputs`).
+(`_tower_inputs`). Audio by argument name (`_named_audio`): a mel spectrogram (a name
+with ``mel``) at the config's ``input_feat_size`` / mel bins with its paired mask (``<input>_mask``, `_paired_masks`),
+codebook ids (``..._input_ids``, (batch, SEQ, ``num_codebooks``)); among the last resorts (`_timed_audio`,
+`_with_video`): features packed (mel, batch × frames) with their ``feature_lens``, features at one frame per
+``hop_length`` of 16000 samples beside the samples, and each candidate again with a video clip where the forward also
+takes ``pixel_values_videos`` (at a nested timm tower's ``model_args`` img_size where the config names no image size).
 """
 from __future__ import annotations
 
@@ -150,7 +155,7 @@ def _patch_grid(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _video(cfg) -> torch.Tensor:
     """(BATCH, frames, channels, height, width): the config's frame count (2 temporal tubelets when it has none or
-    more than 16) at its image / crop size."""
+    more than 16) at its image / crop size (or a nested timm tower's img_size)."""
     cs = _vision_cfgs(cfg)
     tube = getattr(cs[0], "tubelet_size", None)
     tube = tube[0] if isinstance(tube, (list, tuple)) and tube else tube
@@ -158,9 +163,19 @@ def _video(cfg) -> torch.Tensor:
     frames = _first_int(cs, "num_frames", "frames_per_clip")
     frames = frames if frames and frames <= 16 else 2 * tube
     size = next((getattr(c, k) for c in cs for k in ("image_size", "crop_size") if getattr(c, k, None)), None)
-    h, w = size2(size, 32)
+    h, w = size2(size or _timm_size(cfg), 32)
     ch = _first_int(cs, "num_channels", "in_chans", "in_channels", default=3)
     return torch.randn(BATCH, frames, ch, h, w, generator=generator())
+
+
+def _timm_size(cfg):
+    """The image size a nested timm tower is built at (``model_args["img_size"]`` of a config with
+    ``architecture``), or None."""
+    for c in _configs(cfg):
+        args = getattr(c, "model_args", None)
+        if isinstance(getattr(c, "architecture", None), str) and isinstance(args, dict) and args.get("img_size"):
+            return args["img_size"]
+    return None
 
 
 def _states(cfg) -> list[torch.Tensor]:
@@ -202,7 +217,7 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return _named_states(cfg, name)
+    return _named_states(cfg, name) or _named_audio(cfg, name, required)
 
 
 def _named_states(cfg, name: str) -> list | None:
@@ -219,6 +234,41 @@ def _named_states(cfg, name: str) -> list | None:
               and isinstance(v, (list, tuple)) and len(v) > 1 and all(isinstance(x, int) for x in v)]
     extra = [torch.randn(BATCH, SEQ, hidden * n, generator=generator()) for n in dict.fromkeys(layers) if hidden]
     return (_states(cfg) + extra) or None
+
+
+_PAIRED = object()  # placeholder for a mask built from the input it pairs with (`_paired_masks`)
+
+
+def _named_audio(cfg, name: str, required: list[str]) -> list | None:
+    """Audio arguments by name, after the other names: a mel spectrogram (a name with ``mel``: (batch, frames, the
+    config's ``input_feat_size`` / ``num_mel_bins`` / ``mel_dim``), frames 64), codebook ids (a name ending in
+    ``_input_ids`` on a config with ``num_codebooks``: (batch, SEQ, codebooks) below ``codebook_size``), and a mask
+    of another required input (``<input>_mask``: built by `_paired_masks`)."""
+    cs = _configs(cfg)
+    if name.endswith("_mask") and name[:-len("_mask")] in required:
+        return [_PAIRED]
+    if "mel" in name.split("_"):
+        width = _first_int(cs, "input_feat_size", "num_mel_bins", "mel_dim", "n_mel_bins", default=80)
+        return [torch.randn(BATCH, 64, width, generator=generator())]
+    books, size = _first_int(cs, "num_codebooks"), _first_int(cs, "codebook_size")
+    if name.endswith("_input_ids") and books and size:
+        return [torch.randint(0, size, (BATCH, SEQ, books), generator=generator())]
+    return None
+
+
+def _paired_masks(params, cand: dict) -> dict:
+    """`_PAIRED` placeholders replaced by a frame mask of the input they pair with (``audio_mel_mask`` of
+    ``audio_mel``: (batch, frames)), in the forward's annotated dtype (bool where it says so, else long). Its first
+    three quarters of frames are 1 and the rest 0, so frames are kept whichever value the model reads as padding."""
+    out = dict(cand)
+    for k, v in cand.items():
+        if v is _PAIRED:
+            x = cand[k[:-len("_mask")]]
+            n = x.shape[1]
+            m = torch.zeros(BATCH, n, dtype=torch.long)
+            m[:, :max(1, 3 * n // 4)] = 1
+            out[k] = m.bool() if "bool" in str(params[k].annotation).lower() else m
+    return out
 
 
 def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
@@ -311,11 +361,11 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
             continue
         n_alt = max((len(v) for v in alts.values()), default=1)
         for i in range(n_alt):
-            cand = {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base}
+            cand = _paired_masks(params, {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base})
             if all(cand.keys() != c.keys() or any(cand[k] is not c[k] for k in c) for c in out):
                 out.append(cand)
         if "input_features" in missing:  # the last-resort feature layouts, after every aligned candidate
-            late += [{**{n: v[0] for n, v in alts.items()}, "input_features": f, **base}
+            late += [_paired_masks(params, {**{n: v[0] for n, v in alts.items()}, "input_features": f, **base})
                      for f in _audio_alternatives(cfg, "input_features")[2:]]
     return out + late or cands
 
@@ -437,7 +487,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
     if main == "pixel_values" and mains and mains[0].dim() == 4:  # after those: the image sizes of sub-configs
         cands += [{"pixel_values": p, **extra} for p in _nested_pixels(cfg, mains[0])]
-    out = _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    filled = _fill_required(cfg, params, _patchified(cfg, params, cands))
+    out = _feature_masks(params, _with_video(cfg, params, _timed_audio(cfg, params, filled)))
     return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params)
 
 
@@ -476,6 +527,47 @@ def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
         if "doc_scores" in params:
             ctx["doc_scores"] = torch.randn(BATCH, docs, generator=g)
         out += [{**c, **ctx} for c in cands if "input_ids" in c] or [ctx]
+    return out
+
+
+def _with_video(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last resorts for a forward that takes a video clip beside its other inputs (``pixel_values_videos``, not
+    required: an audio-video encoder): each candidate without one again, with the clip of `_video`."""
+    if "pixel_values_videos" not in params:
+        return cands
+    clip = _video(cfg)
+    return cands + [{**c, "pixel_values_videos": clip} for c in cands if "pixel_values_videos" not in c]
+
+
+_LENS = ("feature_lens", "feature_lengths")
+
+
+def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last-resort audio candidates whose lengths are tied (after every other candidate): features with their
+    per-sample frame counts where the forward takes them (``feature_lens``: the features packed as (mel, batch ×
+    frames), then batched (batch, mel, frames)); and where it takes samples and features together (codecs with a
+    semantic encoder beside the acoustic one), features at one frame per hop of samples (the config's
+    ``hop_length``: 16000 samples, 16000 // hop frames) in each (frames, width) layout,
+    with an all-ones frame mask where the forward takes one."""
+    out = list(cands)
+    a, cs = _sub(cfg, "audio_config", "encoder_config"), _configs(cfg)
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    lens = next((n for n in _LENS if n in params), None)
+    if lens and "input_features" in params:
+        t = 2 * int(getattr(a, "max_source_positions", 0) or 32)
+        g = generator()
+        n = torch.full((BATCH,), t, dtype=torch.long)
+        out += [{"input_features": torch.randn(mel, BATCH * t, generator=g), lens: n},
+                {"input_features": torch.randn(BATCH, mel, t, generator=g), lens: n}]
+    hop = _first_int(cs, "hop_length")
+    if hop and "input_values" in params and "input_features" in params and 16000 // hop > 0:
+        t = 16000 // hop
+        widths = dict.fromkeys([mel] + [w for _, w in _feature_layouts(cfg, mel, mel)])
+        samples = [v for v in _audio_alternatives(cfg, "input_values") if v.shape[-1] == 16000]
+        mask = ({"input_features_mask": torch.ones(BATCH, t, dtype=torch.long)} if "input_features_mask" in params
+                else {})
+        out += [{"input_values": v, "input_features": torch.randn(BATCH, t, w, generator=generator()), **mask}
+                for w in widths for v in samples]
     return out
 
 
