@@ -1,10 +1,11 @@
 """The generic probe: one forward pass on example inputs (the user's, or those that `hf_penal.discovery.inputs`
 builds) under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer, one of whose
 operands is the output z of a submodule M while another existed before M started, is a residual add and M ends the
-branch. A chain of adds counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``,
-give one site per branch), and values keep their identity through shape-only ops (view, permute, roll, pad,
-slicing: windowed attention) and scaling by a constant. A probe that cannot run the model raises
-`ProbeFailedError`."""
+branch, provided z is used only in that add: a position embedding added to the normed stream (``q = norm(x) + pos``,
+the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
+all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per branch), and values keep
+their identity through shape-only ops (view, permute, roll, pad, slicing: windowed attention) and scaling by a
+constant. A probe that cannot run the model raises `ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
@@ -78,6 +79,11 @@ class _Value:
     scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
 
 
+def _key(v: _Value) -> tuple:
+    """One module output (one call of its innermost module), whatever it was re-laid out or passed through since."""
+    return v.chain[0], v.start
+
+
 def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
     """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
     gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
@@ -106,6 +112,7 @@ class _AddWatcher(TorchFunctionMode):
         self.candidates: set[str] = set()  # branch ends of residual adds outside numbered layers: for sites=[...]
         self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
         self.modules = dict(model.named_modules())
+        self.uses: dict[tuple, int] = {}  # _key(value) -> ops that computed something new from it (an add included)
 
     def _born_of(self, t) -> int:
         return self.born.get(id(t), -1)
@@ -122,6 +129,7 @@ class _AddWatcher(TorchFunctionMode):
         if id(out) in self.born:  # in place: the same tensor
             if id(out) in self.values:
                 self.mutated.add(self.values[id(out)].chain)
+            self._count_uses(args, kwargs, out)
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
@@ -132,7 +140,18 @@ class _AddWatcher(TorchFunctionMode):
                 self.values[id(out)] = self.values[id(src)]
         elif name in _SCALE_OPS and len(args) >= 2:
             self._on_scale(args[0], args[1], out, name)
+        self._count_uses(args, kwargs, out)
         return out
+
+    def _count_uses(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """One more use of each module output among the op's tensor arguments, unless the op's result is that same
+        value (re-laid out, scaled by a constant, modified in place)."""
+        kept = self.values.get(id(out))
+        for a in (*args, *kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                v = self.values.get(id(t)) if torch.is_tensor(t) else None
+                if v is not None and (kept is None or _key(kept) != _key(v)):
+                    self.uses[_key(v)] = self.uses.get(_key(v), 0) + 1
 
     def _on_scale(self, a, b, out, name):
         for t, c in ((a, b), (b, a)) if name in ("mul", "__mul__", "__rmul__") else ((a, b),):
@@ -223,6 +242,9 @@ class _AddWatcher(TorchFunctionMode):
         """One site per branch: the outermost module of its chain that, at every call, is the site of a branch (a
         module with other uses, like Swin's one `dropout` that serves both branches, one of them inside a longer
         chain, is passed over for the module inside it)."""
+        # a branch output that is also used outside its add (a normed stream that is also attention's value or the
+        # next residual, plus a position embedding: ``q = norm(x) + pos``) is the stream, not a branch
+        self.branches = {tid: b for tid, b in self.branches.items() if self.uses.get(_key(b[2]), 0) <= 1}
         level = {tid: len(b[1]) - 1 for tid, b in self.branches.items()}
         while True:
             picks: dict[str, int] = {}
