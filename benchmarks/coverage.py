@@ -358,11 +358,23 @@ def own_model_class(config_class: type):
                default=None)
 
 
+def _one_feature_level(cfg) -> dict:
+    """Keyword overrides for a default config with no feature level (LW-DETR's: an empty ``*_scale_factors`` list, so
+    ``num_feature_levels`` is 0 and the multi-scale projector concatenates nothing): one level at scale 1.0, passed
+    to the config class so that it derives the fields that depend on it (the level count, the projector's channels).
+    Empty for any other config."""
+    if getattr(cfg, "num_feature_levels", None) != 0:
+        return {}
+    return {k: [1.0] for k, v in vars(cfg).items() if k.endswith("scale_factors") and isinstance(v, (list, tuple))
+            and not v}
+
+
 def build_transformers(model_type: str, level: str = "small"):
     import torch
     import transformers as T
     from transformers.models.auto import modeling_auto as MA
     cfg = T.AutoConfig.for_model(model_type)
+    cfg = T.AutoConfig.for_model(model_type, **_one_feature_level(cfg))
     before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)

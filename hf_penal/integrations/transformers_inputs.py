@@ -50,6 +50,28 @@ def _pixels(cfg) -> torch.Tensor:
     return torch.randn(shape, generator=generator())
 
 
+def _windowed_pixels(cfg) -> torch.Tensor | None:
+    """Pixels whose patch grid fits a windowed, two-stage detector: each side at the config's image size rounded to
+    a multiple of ``patch_size`` × ``num_windows`` (a windowed ViT backbone that partitions the patch grid into
+    whole windows per side, with interpolated position embeddings), and grown (by whole windows) to at least
+    ``num_queries`` patches in all where the config has queries (a two-stage detector picks its queries top-k among
+    the patch tokens). None where the config has no patch size, or neither windows nor queries, or its own image size
+    already fits."""
+    v = _sub(cfg, "vision_config", "backbone_config", "encoder")
+    p, k = _first_int([v], "patch_size"), _first_int([v], "num_windows", default=1)
+    queries = _first_int([cfg], "num_queries", default=0)
+    if not p or (k == 1 and not queries):
+        return None
+    x = _pixels(cfg)
+    step = p * k
+    h, w = (max(1, round(n / step)) * step for n in x.shape[-2:])
+    while (h // p) * (w // p) < queries:
+        h, w = h + step, w + step
+    if (h, w) == tuple(x.shape[-2:]):
+        return None
+    return torch.randn(*x.shape[:-2], h, w, generator=generator())
+
+
 def _audio_alternatives(cfg, name: str, layouts: bool = True) -> list[torch.Tensor]:
     """Audio inputs by name: raw samples (``input_values``) or features (``input_features``: (mel, frames) and
     (frames, mel), then, where `layouts`, the last-resort layouts of `_feature_layouts`)."""
@@ -320,6 +342,9 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
+    windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
+    if windowed is not None:  # a windowed backbone: whole windows of patches per side
+        cands.append({"pixel_values": windowed, **others, **extra})
     return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
 
 
