@@ -270,6 +270,33 @@ def _rederive(cfg, before, seen=None) -> None:
                 _set(sub, f, v)
 
 
+def _source_fields(cfg, before, seen=None) -> None:
+    """Fields from which a config class derives a shrunk table field in its __init__ (LightGlue's hidden_size =
+    descriptor_dim), shrunk with it, sub-configs first: an int field, not itself a table field, that equalled the
+    table field before shrinking and from which the class, built with it at the shrunk value, sets the table field
+    to that value (its default build keeping the old one). Where a construction raises, nothing changes."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    for k, sub in vars(cfg).items():
+        if _is_config(sub) and _is_config(getattr(before, k, None)):
+            _source_fields(sub, getattr(before, k), seen)
+    old, cur = _fields(before), _fields(cfg)
+    shrunk = {k: v for k, v in cur.items() if k in _TABLE_KEYS and _int(cfg, k) and old.get(k) != v}
+    cls = type(cfg)
+    for k, v in shrunk.items():
+        for f, w in old.items():
+            if f in _TABLE_KEYS or f == k or w != old[k] or cur.get(f) != w or not _int(before, f):
+                continue
+            try:
+                with _no_class_validators(cls):
+                    if getattr(cls(), k, None) == old[k] and getattr(cls(**{f: v}), k, None) == v:
+                        _set(cfg, f, v)
+            except Exception:  # noqa: BLE001 - a class that needs arguments or rejects the value
+                continue
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -393,6 +420,7 @@ def build_transformers(model_type: str, level: str = "small"):
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
+        _source_fields(cfg, before)
         _rederive(cfg, before)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
