@@ -3,9 +3,8 @@ builds) under a TorchFunctionMode that watches every tensor addition. An add ins
 operands is the output z of a submodule M while another existed before M started, is a residual add and M ends the
 branch. A chain of adds counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``,
 give one site per branch), and values keep their identity through shape-only ops (view, permute, roll, pad,
-slicing: windowed attention) and scaling by a constant. An add inside a helper module without submodules, of two
-of its own arguments (a residual gate called with (x, z): ``alpha * x + beta * z``), counts as its caller's. A probe
-that cannot run the model raises `ProbeFailedError`."""
+slicing: windowed attention) and scaling by a constant. A probe that cannot run the model raises
+`ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
@@ -107,7 +106,6 @@ class _AddWatcher(TorchFunctionMode):
         self.candidates: set[str] = set()  # branch ends of residual adds outside numbered layers: for sites=[...]
         self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
         self.modules = dict(model.named_modules())
-        self.args_of: dict[str, list] = {}  # module -> its tensor arguments at its latest call
 
     def _born_of(self, t) -> int:
         return self.born.get(id(t), -1)
@@ -161,7 +159,7 @@ class _AddWatcher(TorchFunctionMode):
     def _on_add(self, a, b, out, inplace):
         if a.shape != b.shape or not a.is_floating_point() or not self.stack:
             return
-        owner = self._owner(a, b)
+        owner = self.stack[-1][0]
         ta, tb = self._operands(a, owner), self._operands(b, owner)
         terms = ta + tb
         self.terms[id(out)] = (owner, terms)
@@ -184,23 +182,9 @@ class _AddWatcher(TorchFunctionMode):
             else:  # a residual add outside numbered layers: only a suggestion
                 self.candidates.add(chain[-1][0])
 
-    def _owner(self, a, b) -> str:
-        """The module the add belongs to: the innermost running one, or, for an add inside a helper module without
-        submodules whose operands are both its own arguments (scaled by constants or not: a residual gate called with
-        (x, z), ``alpha * x + beta * z``), the module that called it."""
-        owner = self.stack[-1][0]
-        if len(self.stack) < 2 or any(True for _ in self.modules[owner].children()):
-            return owner
-        args = [self.values.get(i) for i in self.args_of.get(owner, [])]
-        va, vb = self.values.get(id(a)), self.values.get(id(b))
-        same = (lambda v: v is not None and any(w is not None and (w.chain, w.start) == (v.chain, v.start)
-                                                for w in args))
-        return self.stack[-2][0] if same(va) and same(vb) else owner
-
     def pre_hook(self, name):
         def hook(mod, args, kwargs):
             self.clock += 1
-            self.args_of[name] = [id(t) for t in (*args, *kwargs.values()) if torch.is_tensor(t)]
             first = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
             self.stack.append((name, self.clock, self._born_of(first) if first is not None else -1))
             self.calls[name] = self.calls.get(name, 0) + 1
