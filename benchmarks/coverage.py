@@ -549,8 +549,8 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     """A float32 comparison that missed `_EXACT`, measured again in float64 where float32 cannot resolve it: where the
     oracle's own gradients move by more than a tenth of `_EXACT` when tau moves by 1e-6 (its rounding is amplified
     that much: D-FINE's training-mode BatchNorms over few values divide the backward by small batch deviations), the
-    model and inputs are cast to float64 and the penalized model is compared with the oracle there (same tau, same
-    sites; the exactness threshold unchanged). Returns the fields to update: the float32 error and noise, and, where
+    model and inputs are cast to float64 (a transformers MoE's experts run by their eager loop) and the penalized model
+    is compared with the oracle there (same tau, same sites; the exactness threshold unchanged). Returns the fields to update: the float32 error and noise, and, where
     re-measured, the float64 error (``precision``: float64)."""
     import torch
 
@@ -566,6 +566,9 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
         return v.double() if torch.is_tensor(v) and v.is_floating_point() else v
     try:
         m64 = copy.deepcopy(model).double()
+        if hasattr(m64, "set_experts_implementation"):  # grouped-GEMM experts take no float64: the eager loop
+            with contextlib.suppress(Exception):
+                m64.set_experts_implementation("eager")
         a64, k64 = tuple(wide(a) for a in args), {k: wide(v) for k, v in kwargs.items()}
         loss = _seeded_loss(a64, k64)
         g_oracle64, _, _ = grads(m64, loss, zspec, tau)
