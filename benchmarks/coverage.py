@@ -550,8 +550,8 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     oracle's own gradients move by more than a tenth of `_EXACT` when tau moves by 1e-6 (its rounding is amplified
     that much: D-FINE's training-mode BatchNorms over few values divide the backward by small batch deviations), the
     model and inputs are cast to float64 (a transformers MoE's experts run by their eager loop) and the penalized model
-    is compared with the oracle there (same tau, same sites; the exactness threshold unchanged). Returns the fields to update: the float32 error and noise, and, where
-    re-measured, the float64 error (``precision``: float64)."""
+    is compared with the oracle there (same tau, same sites; the exactness threshold unchanged). Returns the fields to
+    update: the float32 rounding noise and, where re-measured, the float64 error (``precision``: float64)."""
     import torch
 
     import hf_penal
