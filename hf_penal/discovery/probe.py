@@ -78,6 +78,14 @@ class _Value:
     scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
 
 
+def _version(t) -> int | None:
+    """A tensor's version counter (it counts in-place writes), None for no tensor or one without a counter."""
+    try:
+        return t._version if t is not None else None
+    except RuntimeError:  # an inference tensor
+        return None
+
+
 def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
     """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
     gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
@@ -113,14 +121,16 @@ class _AddWatcher(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        first = args[0] if args and torch.is_tensor(args[0]) else None
+        version = _version(first)
         out = func(*args, **kwargs)
         self.clock += 1
         if not torch.is_tensor(out):
             return out
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
-        if id(out) in self.born:  # in place: the same tensor
-            if id(out) in self.values:
+        if id(out) in self.born:  # the same tensor: in place, or returned unchanged (eval dropout, contiguous)
+            if id(out) in self.values and (out is not first or version is None or _version(out) != version):
                 self.mutated.add(self.values[id(out)].chain)
             return out
         self.born[id(out)] = self.clock
