@@ -1,23 +1,34 @@
 """Coverage sweep of residual-site discovery over the installed transformers model types and timm families.
 
 For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
-head where such fields exist, with the fields derived from them kept consistent; a model that does not build or run at
+head where such fields exist, with the fields derived from them kept consistent, a heterogeneous config's per-layer
+overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model that does not build or run at
 that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
 config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
-2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; timm: the smallest-named
-model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it records: whether it
-builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists / Sequentials whose
-class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥ 1 site / blocks),
-whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the found sites
+2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
+image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`), feature-map
+sizes and timm backbone levels (`_feature_sizes`, `_timm_backbone_levels`) kept consistent with the shrunk widths and
+image sizes; a field whose default is the sum of the config's and a sub-config's hidden_size follows their shrunk sum,
+`_width_sums`; a field the config class derives a shrunk width from is shrunk with it (LightGlue's descriptor_dim,
+`_source_fields`); a backbone's reported hidden_sizes stay its stage_out_channels (HGNetV2, `_stage_widths_tied`); a
+default config with no feature level (an empty ``*_scale_factors``, num_feature_levels 0: LW-DETR) gets one at scale
+1.0, `_one_feature_level`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
+model_args, `_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run
+at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual blocks covered
+(elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape
+tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the
+explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
-are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
-dies is replaced and the model recorded as crashed.
+are bit-identical to the plain model's (a float32 gradient comparison that the oracle's own float32 rounding cannot
+resolve is re-measured in float64, `_float64_recheck`). Each model runs in a worker process under a per-model time
+limit; a worker that dies is replaced and the model recorded as crashed.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
 hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
-sizes) is the one source of both the model's shapes and its inputs.
+sizes; vision-tower widths tied to them, `_tied_vision_widths`) is the one source of both the model's shapes and its
+inputs.
 
 What is not a site (decided, not a probe gap to hide; such a model stays in the denominator as "no site"):
 * hyper-connection mixing (DeepSeek-V4's mHC, HY-V4, Qwen4-exp, GLM-5-next): a layer's output is H·x + post ⊗ z, H a
@@ -127,6 +138,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)  # a heterogeneous config: its global fields first, then each layer's (_put_layers)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for table in (_WIDTH, _DEPTH, _HEADS, _FFN):
         for k, v in table.items():
@@ -163,10 +175,95 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
+    _tied_vision_widths(cfg)
+    _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
+            _timm_tower(sub)
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+def _tied_vision_widths(cfg) -> None:
+    """Vision-tower fields tied to the shrunk widths, by field name: a compound-scaled conv net (``width_coefficient``
+    × per-stage ``out_channels``): the width multiplier that makes its last stage the benchmark width (32, the width
+    a parent's projection is shrunk to) and depth multiplier 1; a pixel-shuffle adapter (``pixel_shuffle_ratio``
+    with ``projector_input_dim``): its MLP reads hidden / ratio² features as ``intermediate_size``, projector
+    widths at the benchmark width; a VQ autoencoder's latent grid (``num_patches`` per side with
+    ``channel_multiplier`` levels, no ``image_size``): 2 latents per side (the probe's images follow from it)."""
+    width = _WIDTH["hidden_size"]
+    outs = getattr(cfg, "out_channels", None)
+    if (isinstance(getattr(cfg, "width_coefficient", None), float) and isinstance(outs, (list, tuple)) and outs
+            and all(isinstance(x, int) and x > 0 for x in outs)):
+        with contextlib.suppress(Exception):  # a head width the default scales with the multiplier (EfficientNet's
+            default = type(cfg)()  # hidden_dim = 1280 × width_coefficient): scaled with it
+            if _int(default, "hidden_dim") and isinstance(default.width_coefficient, float) and _int(cfg, "hidden_dim"):
+                _set(cfg, "hidden_dim", round(default.hidden_dim * width / outs[-1] / default.width_coefficient))
+        _set(cfg, "width_coefficient", width / outs[-1])
+        if isinstance(getattr(cfg, "depth_coefficient", None), float):
+            _set(cfg, "depth_coefficient", min(cfg.depth_coefficient, 1.0))
+    ratio, hidden = getattr(cfg, "pixel_shuffle_ratio", None), _int(cfg, "hidden_size")
+    if isinstance(ratio, float) and 0 < ratio < 1 and hidden and _int(cfg, "projector_input_dim"):
+        _set(cfg, "intermediate_size", round(hidden / ratio ** 2))
+        for k in ("projector_input_dim", "projector_output_dim"):
+            if _int(cfg, k):
+                _set(cfg, k, width)
+    if _int(cfg, "num_patches") and isinstance(getattr(cfg, "channel_multiplier", None), (list, tuple)) and (
+            getattr(cfg, "image_size", None) is None):
+        _set(cfg, "num_patches", min(cfg.num_patches, 2))
+
+
+def _take_layers(cfg):
+    """A heterogeneous config's per-layer overrides (``per_layer_config``: Gemma 4's head_dim on its full-attention
+    layers, Dots3's heads on its sliding-window layers), taken off the config so that its fields read as the global
+    values (with them on, reading a per-layer field raises); returned with an unshrunk copy of the config, None for
+    a homogeneous config."""
+    spec = vars(cfg).pop("_heterogeneity_spec", None)
+    return None if spec is None else (copy.deepcopy(cfg), copy.deepcopy(spec.per_layer_overrides))
+
+
+def _put_layers(cfg, layers, shrink) -> None:
+    """The per-layer overrides of `_take_layers` back on the (shrunk) config, each layer shrunk as a config of its
+    own: the unshrunk config with the layer's overrides, shrunk by `shrink` (the same rules as the global config), its
+    values of the overridden fields the layer's new overrides; layers beyond the shrunk depth dropped, overrides equal
+    to the shrunk global value dropped (by the config's own per_layer_config setter)."""
+    if layers is None:
+        return
+    unshrunk, overrides = layers
+    depth, new = _int(cfg, "num_hidden_layers"), {}
+    for i, over in overrides.items():
+        if depth and i >= depth:
+            continue
+        layer = copy.deepcopy(unshrunk)
+        for k, v in over.items():
+            if k != "skip":
+                _set(layer, k, v)
+        shrink(layer)
+        new[i] = {k: v if k == "skip" else getattr(layer, k) for k, v in over.items()}
+    cfg.per_layer_config = new
+
+
+# a timm tower inside a composite config (a TimmWrapperConfig: `architecture` + `model_args`, the arguments of
+# timm.create_model): a small ViT of its architecture, 32 px (the probe reads img_size from model_args)
+_TIMM_SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 16}
+
+
+def _timm_tower(cfg) -> None:
+    """A nested timm tower's `model_args` made small (`_TIMM_SMALL`, over its own) where timm builds its
+    architecture with them (checked on the meta device); left as it is otherwise (a CNN that takes no depth). A
+    top-level timm_wrapper model is not changed."""
+    arch, args = getattr(cfg, "architecture", None), getattr(cfg, "model_args", False)
+    if not isinstance(arch, str) or not (args is None or isinstance(args, dict)):
+        return
+    new = {**(args or {}), **_TIMM_SMALL}
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, num_classes=0, **new)
+    except Exception:  # noqa: BLE001 - an architecture without these arguments
+        return
+    _set(cfg, "model_args", new)
 
 
 def _from_backbone(cfg) -> None:
@@ -183,6 +280,132 @@ def _from_backbone(cfg) -> None:
     dec_in, enc_w = getattr(cfg, "decoder_in_channels", None), _int(cfg, "encoder_hidden_dim")
     if isinstance(dec_in, (list, tuple)) and enc_w:
         _set(cfg, "decoder_in_channels", type(dec_in)(enc_w for _ in dec_in))
+    _timm_backbone_channels(cfg)
+
+
+def _timm_backbone_channels(cfg) -> None:
+    """A neck's per-level input widths (``backbone_channel_list``) from the timm backbone its config names
+    (``backbone_config.architecture`` with ``model_args``, features_only): the widths timm's feature extractor gives at
+    those out_indices, in the list's order (deepest first where the list decreases). The defaults of a config can name
+    another backbone than the one its channel list was written for (EdgeTAM's: a ResNet-50 feeding a neck for
+    RepViT's widths)."""
+    chans, bb = getattr(cfg, "backbone_channel_list", None), getattr(cfg, "backbone_config", None)
+    arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+    if not (isinstance(chans, (list, tuple)) and len(chans) > 1 and isinstance(arch, str)
+            and isinstance(args, dict) and args.get("features_only")):
+        return
+    try:
+        import timm
+        import torch
+        with torch.device("meta"):
+            widths = list(timm.create_model(arch, pretrained=False, **args).feature_info.channels())
+    except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take: left as it is
+        return
+    if len(widths) == len(chans) and widths != list(chans):
+        _set(cfg, "backbone_channel_list", type(chans)(widths[::-1] if chans[0] > chans[-1] else widths))
+
+
+def _sibling_widths(cfg, before, seen=None) -> None:
+    """Widths one sub-config of a composite hands to another, kept equal after shrinking (`before`: the config before
+    `_shrink`; sub-configs of sub-configs too). A tower's ``output_channels`` that equalled a sibling's hidden_size
+    before shrinking takes the sibling's shrunk hidden size (the width its decoder reads: SAM-HQ's vision neck and
+    mask decoder), with the tower's ``num_pos_feats`` (positional features added at that width) scaled alike; a
+    sibling's ``*_dim`` field that equalled the tower's hidden_size before shrinking and that the shrink left as it
+    was (SAM-HQ's ``vit_dim``) takes the tower's shrunk hidden size."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    subs = [(v, getattr(before, k, None)) for k, v in vars(cfg).items() if _is_config(v)]
+    subs = [(s, b) for s, b in subs if _is_config(b)]
+    for s, b in subs:
+        old_out, old_w, w = _int(b, "output_channels"), _int(b, "hidden_size"), _int(s, "hidden_size")
+        for t, tb in subs:
+            if t is s:
+                continue
+            old_t, new_t = _int(tb, "hidden_size"), _int(t, "hidden_size")
+            if old_out and _int(s, "output_channels") == old_out == old_t and new_t and new_t != old_out:
+                _set(s, "output_channels", new_t)
+                if _int(s, "num_pos_feats"):
+                    _set(s, "num_pos_feats", max(1, s.num_pos_feats * new_t // old_out))
+            for k, v in list(vars(t).items()):
+                if (k.endswith("_dim") and isinstance(v, int) and not isinstance(v, bool) and old_w and w
+                        and v == old_w == getattr(tb, k, None) and w != old_w):
+                    _set(t, k, w)
+        _sibling_widths(s, b, seen)
+
+
+def _configs_with(cfg, before) -> list[tuple]:
+    """(config, its state before shrinking) for the config and its nested sub-configs, breadth first."""
+    out, level = [], [(cfg, before)]
+    while level:
+        out += level
+        level = [(v, getattr(b, k, None)) for c, b in level for k, v in vars(c).items()
+                 if _is_config(v) and _is_config(getattr(b, k, None)) and all(v is not o for o, _ in out)]
+    return out
+
+
+def _feature_sizes(cfg, before) -> None:
+    """Feature-map sizes a config states for its backbone's levels (``backbone_feature_sizes``: [[h, w], ...], the
+    maps at 1/4, 1/8, 1/16 of a 1024-px image) scaled with the image size that `_shrink` quartered on the same config
+    or a sub-config of the same composite (SAM2's Hiera and prompt encoder, EdgeTAM's prompt encoder)."""
+    pairs = _configs_with(cfg, before)
+    ratios = set()
+    for c, b in pairs:
+        new, old = getattr(c, "image_size", None), getattr(b, "image_size", None)
+        new, old = (new[0] if isinstance(new, (list, tuple)) and new else new), (
+            old[0] if isinstance(old, (list, tuple)) and old else old)
+        if isinstance(new, int) and isinstance(old, int) and 0 < new < old and old % new == 0:
+            ratios.add(old // new)
+    if len(ratios) != 1:
+        return
+    r = ratios.pop()
+    for c, b in pairs:
+        for k, v in list(vars(c).items()):
+            if (k.endswith("feature_sizes") and isinstance(v, (list, tuple)) and v and v == getattr(b, k, None)
+                    and all(isinstance(x, (list, tuple)) and all(isinstance(y, int) for y in x) for x in v)):
+                _set(c, k, type(v)(type(x)(max(1, y // r) for y in x) for x in v))
+
+
+def _timm_backbone_levels(cfg, before) -> None:
+    """A timm backbone's levels (``model_args.out_indices``) where the composite's image size and the feature sizes
+    its config states (`before` shrinking) put them: the first stated size at image / reduction, so the levels are
+    the consecutive timm levels from that reduction, as many as the neck's ``backbone_channel_list`` (whose widths
+    follow). EdgeTAM's ResNet-50 (reductions 2 ... 32) for a neck written for RepViT's 1/4 ... 1/32 levels: out_indices
+    1-4, not 0-3, or the maps do not meet the prompt encoder's 1/16 grid."""
+    pairs = _configs_with(cfg, before)
+    images = {x for _, b in pairs for x in [getattr(b, "image_size", None)] if isinstance(x, int) and x > 0}
+    if len(images) != 1:
+        return
+    image = images.pop()
+    for c, b in pairs:
+        chans, sizes, bb = (getattr(c, "backbone_channel_list", None), getattr(b, "backbone_feature_sizes", None),
+                            getattr(c, "backbone_config", None))
+        arch, args = getattr(bb, "architecture", None), getattr(bb, "model_args", None)
+        if not (isinstance(chans, (list, tuple)) and isinstance(sizes, (list, tuple)) and sizes and isinstance(
+                sizes[0], (list, tuple)) and isinstance(arch, str) and isinstance(args, dict)
+                and args.get("features_only") and "out_indices" in args):
+            continue
+        try:
+            import timm
+            import torch
+            with torch.device("meta"):
+                info = timm.create_model(arch, pretrained=False, **{k: v for k, v in args.items()
+                                                                   if k != "out_indices"}).feature_info
+            reductions, widths = list(info.reduction()), list(info.channels())
+        except Exception:  # noqa: BLE001 - not a timm name, or arguments timm does not take
+            continue
+        r0 = image // int(sizes[0][0])
+        if r0 not in reductions:
+            continue
+        first = reductions.index(r0)
+        idx = list(range(first, first + len(chans)))
+        if idx[-1] >= len(reductions) or [image // reductions[i] for i in idx[:len(sizes)]] != [
+                int(s[0]) for s in sizes[:len(idx)]]:
+            continue
+        _set(bb, "model_args", {**args, "out_indices": type(args["out_indices"])(idx)})
+        ws = [widths[i] for i in idx]
+        _set(c, "backbone_channel_list", type(chans)(ws[::-1] if chans[0] > chans[-1] else ws))
 
 
 def _stage_widths_tied(bb) -> None:
@@ -297,6 +520,26 @@ def _source_fields(cfg, before, seen=None) -> None:
                 continue
 
 
+def _width_sums(cfg, before, seen=None) -> None:
+    """A field whose default is the sum of the config's and one sub-config's ``hidden_size`` (a codec's
+    quantization_dim over its acoustic and semantic encoders' concatenated features) set to the sum of the shrunk
+    widths, where shrinking left it as it was (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    subs = {k: v for k, v in vars(cfg).items() if _is_config(v) and _is_config(getattr(before, k, None))}
+    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
+    for name, sub in subs.items():
+        w, w0 = _int(sub, "hidden_size"), _int(getattr(before, name), "hidden_size")
+        if own and own0 and w and w0 and (own, w) != (own0, w0):
+            for k, v in _fields(cfg).items():
+                if k not in _TABLE_KEYS and _int(cfg, k) and v == own0 + w0 and getattr(before, k, None) == v:
+                    _set(cfg, k, own + w)
+    for name, sub in subs.items():
+        _width_sums(sub, getattr(before, name), seen)
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -355,6 +598,15 @@ def _consistent(cfg, kv_heads: int | None = 1) -> None:
         _set(cfg, "num_hidden_layers", n)
         _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, n + 1)])
         _set(cfg, "out_indices", list(range(n - len(idx) + 1, n + 1)))
+    _last_layers(cfg)
+
+
+def _last_layers(cfg) -> None:
+    """A count of the last layers that do something more (``num_blocks``: EoMT's layers that take the queries and
+    predict masks) no larger than the shrunk depth (``num_hidden_layers``): with more, the queries are never added."""
+    depth, n = _int(cfg, "num_hidden_layers"), _int(cfg, "num_blocks")
+    if depth and n and n > depth and "num_blocks" not in (getattr(cfg, "attribute_map", {}) or {}):
+        _set(cfg, "num_blocks", depth)
 
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
@@ -368,14 +620,26 @@ def _shallow(cfg, seen=None) -> None:
     if id(cfg) in seen:
         return
     seen.add(id(cfg))
+    layers = _take_layers(cfg)
     aliases = getattr(cfg, "attribute_map", {}) or {}
     for k, v in {**_DEPTH, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}.items():
         cur = getattr(cfg, k, None)
         if k not in aliases and isinstance(cur, int) and not isinstance(cur, bool) and cur > v:
             _set(cfg, k, v)
+    _put_layers(cfg, layers, _shallow)
     for sub in list(vars(cfg).values()):
         if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):
             _shallow(sub, seen)
+
+
+def _placeholder_token(cfg) -> None:
+    """A config whose forward scatters a Q-Former's queries (``num_query_tokens``) into image placeholder tokens but
+    that leaves the placeholder id unset (``image_token_id`` None: Blip-2's default, whose forward cannot run without
+    one) gets the last id of its text vocabulary (in place; a config that sets it keeps its own)."""
+    text = getattr(cfg, "text_config", None)
+    vocab = _int(text, "vocab_size") if text is not None else None
+    if _int(cfg, "num_query_tokens") and vocab and hasattr(cfg, "image_token_id") and cfg.image_token_id is None:
+        _set(cfg, "image_token_id", vocab - 1)
 
 
 def own_model_class(config_class: type):
@@ -395,6 +659,24 @@ def own_model_class(config_class: type):
     named = config_class.__name__.removesuffix("Config") + "Model"
     return min(own, key=lambda c: (c.__name__ != named, "For" in c.__name__, len(c.__name__), c.__name__),
                default=None)
+
+
+def task_model_class(model_type: str):
+    """For a type that neither the base / causal-LM / seq2seq / image-classification / masked-LM auto classes map nor
+    has a model class of its own config class (`own_model_class`), the class of the first other auto-class mapping
+    (``MODEL_FOR_..._MAPPING_NAMES``, in modeling_auto's order) that maps it: a config-only type whose checkpoints
+    load with another type's model (pp_chart2table: image-text-to-text, GotOcr2ForConditionalGeneration); None when
+    none maps it."""
+    import transformers as T
+    from transformers.models.auto import modeling_auto as MA
+    for k, mapping in vars(MA).items():
+        if k.startswith("MODEL_FOR_") and k.endswith("_MAPPING_NAMES") and isinstance(mapping, dict) and (
+                model_type in mapping):
+            name = mapping[model_type]
+            cls = getattr(T, name[0] if isinstance(name, (list, tuple)) else name, None)
+            if cls is not None:
+                return cls
+    return None
 
 
 def _one_feature_level(cfg) -> dict:
@@ -417,21 +699,26 @@ def build_transformers(model_type: str, level: str = "small"):
     before = copy.deepcopy(cfg)
     if level in ("small", "small-kv"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
+        _sibling_widths(cfg, before)
+        _feature_sizes(cfg, before)
+        _timm_backbone_levels(cfg, before)
+        _width_sums(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
         _source_fields(cfg, before)
         _rederive(cfg, before)
+    _placeholder_token(cfg)
     maps = [MA.MODEL_MAPPING_NAMES, MA.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MA.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MA.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
             MA.MODEL_FOR_MASKED_LM_MAPPING_NAMES]
     cls_name = next((m[model_type] for m in maps if model_type in m), None)
     if isinstance(cls_name, (list, tuple)):
         cls_name = cls_name[0]
-    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg))
+    cls = getattr(T, cls_name) if cls_name else own_model_class(type(cfg)) or task_model_class(model_type)
     if cls is None:
-        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, and no model class "
-                          "of its own config class")
+        raise LookupError("no base, causal-LM, seq2seq, image-classification or masked-LM class, no model class "
+                          "of its own config class, and no other auto class")
     make = (lambda: cls._from_config(cfg)) if hasattr(cls, "_from_config") else (lambda: cls(cfg))  # noqa: E731
     if level not in ("small", "small-kv"):
         with torch.device("meta"):
@@ -528,6 +815,17 @@ def _adding_blocks(model, blocks: list[str], args, kwargs) -> set[str]:
     return seen
 
 
+def _seeded(call, *args, **kwargs):
+    """`call(*args, **kwargs)` after seeding torch, numpy and random with 0: every run of a model makes the same
+    random draws."""
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    return call(*args, **kwargs)
+
+
 _EXACT = 1e-4  # the largest relative gradient error (penalized vs oracle) that counts as exact
 
 
@@ -537,11 +835,8 @@ def _seeded_loss(args, kwargs):
     import torch
 
     def loss(m):
-        torch.manual_seed(0)
-        np.random.seed(0)
-        random.seed(0)
         return sum((t.double() if t.dtype == torch.float64 else t.float()).square().mean()
-                   for t in _tensors(m(*args, **kwargs)))
+                   for t in _tensors(_seeded(m, *args, **kwargs)))
     return loss
 
 
@@ -638,11 +933,11 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     model.eval()
     eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
-    with torch.no_grad():
-        a, b = _tensors(model(*args, **kwargs)), _tensors(eval_penal(*args, **kwargs))
+    with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
+        a, b = (_tensors(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
-    loss = _seeded_loss(args, kwargs)
+    loss = _seeded_loss(args, kwargs)  # the same random draws (dropout, SpecAugment masks, LayerDrop) in every run
 
     # tau chosen so that the penalty moves the gradient by ~30 %: the comparison then sees the penalty's part
     # (layer-scaled branches are ~1e-6 at init, a fixed tau would be invisible there)

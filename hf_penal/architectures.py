@@ -193,6 +193,10 @@ BLOCKS: dict[str, Block] = {
     "DlaBasic": _dla("bn2"),
     "DlaBottleneck": _dla("bn3"),
     "DlaBottle2neck": _dla("bn3"),
+    # --- transformers: SAM3-LiteText's mask decoder, a head (no numbered layers, so the probe does not look there)
+    #     whose encoder states cross-attend to the prompt: residual + prompt_cross_attn_dropout(attn(norm(residual)))
+    "Sam3LiteTextMaskDecoder": Block((Branch(("prompt_cross_attn_dropout",), "cross_attention",
+                                             x=(input_of("prompt_cross_attn_norm"),)),)),
 }
 
 

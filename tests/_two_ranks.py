@@ -11,11 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launch_two_ranks(worker: str, out_dir: Path, *args: str, port: int) -> list[dict]:
+def launch_two_ranks(worker: str, out_dir: Path, *args: str) -> list[dict]:
     """Launch ``tests/<worker>`` on two ranks with `out_dir` and `args` as its arguments (fails the test on a non-zero
-    exit, with the end of stderr); the two ranks' JSON records, rank 0 first."""
+    exit, with the end of stderr); the two ranks' JSON records, rank 0 first. The rendezvous port is 0 (a free port
+    each launch, as in the shipped accelerate file), so concurrent test runs do not collide."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "tests" / worker), str(out_dir), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

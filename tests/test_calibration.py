@@ -241,7 +241,7 @@ def test_tau_strings_from_a_command_line_parse():
 
 def test_two_ranks_hold_identical_taus_equal_to_one_process_on_the_global_batch(tmp_path):
     pytest.importorskip("accelerate")
-    ranks = launch_two_ranks("_calibration_worker.py", tmp_path, port=29519)
+    ranks = launch_two_ranks("_calibration_worker.py", tmp_path)
     assert ranks[0]["world"] == 2
     assert ranks[0]["taus"] == ranks[1]["taus"]  # bit-identical on every rank
     single = ranks[0]["single"]

@@ -337,24 +337,33 @@ def test_explicit_site_names_need_no_probe(tmp_path):
     assert [s.name for s in hf_penal.sites(model)] == names
 
 
+class _RenamedDT(T.DecisionTransformerModel):
+    """Decision Transformer whose forward names its inputs in words no config field gives a width for (the probe
+    builds ``states`` / ``actions`` from ``state_dim`` / ``act_dim``)."""
+
+    def forward(self, observations=None, moves=None, returns_to_go=None, timesteps=None, attention_mask=None):
+        return super().forward(states=observations, actions=moves, returns_to_go=returns_to_go, timesteps=timesteps,
+                               attention_mask=attention_mask)
+
+
 def test_transformers_model_without_buildable_inputs_names_example_inputs(tmp_path):
-    """Decision Transformer's forward needs states, actions, returns and timesteps: the probe says so, and runs with
-    the user's inputs, through from_pretrained(..., penal_example_inputs=...)."""
+    """A forward that needs observations, moves, returns and timesteps: the probe says so, and runs with the user's
+    inputs, through from_pretrained(..., penal_example_inputs=...)."""
     cfg = T.DecisionTransformerConfig(state_dim=5, act_dim=3, hidden_size=32, n_layer=L, n_head=2, max_ep_len=20,
                                       n_positions=64)
     torch.manual_seed(0)
     d = str(tmp_path / "dt")
-    perturbed(T.DecisionTransformerModel(cfg)).save_pretrained(d)
+    perturbed(_RenamedDT(cfg)).save_pretrained(d)
     with pytest.raises(S.ProbeFailedError, match="example_inputs="):
-        T.DecisionTransformerModel.from_pretrained(d, penal=True)
+        _RenamedDT.from_pretrained(d, penal=True)
     g = torch.Generator().manual_seed(1)
-    inputs = dict(states=torch.randn(2, 4, 5, generator=g), actions=torch.randn(2, 4, 3, generator=g),
+    inputs = dict(observations=torch.randn(2, 4, 5, generator=g), moves=torch.randn(2, 4, 3, generator=g),
                   returns_to_go=torch.randn(2, 4, 1, generator=g), timesteps=torch.arange(4).repeat(2, 1),
                   attention_mask=torch.ones(2, 4, dtype=torch.long))
-    model = T.DecisionTransformerModel.from_pretrained(d, penal=True, penal_tau=TAU, penal_example_inputs=inputs)
+    model = _RenamedDT.from_pretrained(d, penal=True, penal_tau=TAU, penal_example_inputs=inputs)
     found = hf_penal.sites(model)
     assert Counter(s.kind for s in found) == {"attention": L, "mlp": L}
-    vanilla = T.DecisionTransformerModel.from_pretrained(d)
+    vanilla = _RenamedDT.from_pretrained(d)
     zspec = [(r"encoder\.h\.\d\.attn", 0), (r"encoder\.h\.\d\.mlp", None)]
     _check_oracle(vanilla, model, zspec, 2 * L, kwargs=inputs)
 

@@ -241,7 +241,7 @@ def test_bf16_storage_halves_saved_bytes_with_negligible_error(bert):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_process_data_parallel_on_cpu_equals_single_process_oracle(tmp_path, mode):
     pytest.importorskip("accelerate")
-    metas = launch_two_ranks("_ddp_worker.py", tmp_path, mode, port=29517)
+    metas = launch_two_ranks("_ddp_worker.py", tmp_path, mode)
     for rank, meta in enumerate(metas):
         assert meta == dict(world=2, rank=rank, wrapped=True, sites=4)
         res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

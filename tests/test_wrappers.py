@@ -39,7 +39,7 @@ def test_plain_model(bert):
 
 def test_ddp_model_on_two_ranks(tmp_path):
     pytest.importorskip("accelerate")
-    ranks = launch_two_ranks("_wrapper_worker.py", tmp_path, port=29523)
+    ranks = launch_two_ranks("_wrapper_worker.py", tmp_path)
     for rec in ranks:
         assert rec["world"] == 2 and rec["wrapped"] == "DistributedDataParallel"
         # set_loss_scale(ddp_model, 1.0, world_size=2) reached the connections: the penalty is not halved by DDP

@@ -1,24 +1,42 @@
 """Example inputs for the generic probe on a transformers model (registered with `hf_penal.discovery.inputs`).
 
-They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its
-special tokens, pixels at its image size and channel count (frames for video models), audio features at its mel-bin
-/ feature width or raw samples, decoder ids for encoder-decoders, and the encoder's main input where the model's is a
-generic `inputs`. Pixel inputs take the layout the forward names: flattened patches with their grid for NaFlex
-(``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's ``flattened_patches``. A
-forward's other required arguments are built by their name (`_required_alternatives`): patch grids of Qwen2-VL-style
-vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as ``hidden_states`` /
-``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels × image size),
-vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's input or hidden
-width), time-series context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids,
-``inputs_embeds`` instead of ids, 224-pixel images for nets that pool a small default image away; after all of
-those (so a model an earlier candidate runs keeps its inputs), audio features in further (frames, width) layouts
-(`_feature_layouts`: the width of a feature projection, the mel bins of a nested audio config with frames in whole
-stacking windows, frames stacked 2 or 4 per row) and image pairs (batch, 2, channels, height, width) for keypoint
-matchers.
+They are read from the model's config, never from its name: token ids below its vocabulary size that avoid its special
+tokens, pixels at its image size (or the size a VQ autoencoder's latent grid implies) and channel count (frames for
+video models), audio features at its mel-bin / feature width or raw samples, decoder ids for encoder-decoders, and the
+encoder's main input where the model's is a generic `inputs`. Pixel inputs take the layout the forward names: flattened
+patches with their grid for NaFlex (``spatial_shapes``) and position-id (``pixel_position_ids``) towers, Pix2Struct's
+``flattened_patches``. A forward's other required arguments are built by their name (`_required_alternatives`): patch
+grids of Qwen2-VL-style vision towers (``grid_thw``, the patches flattened to channels × temporal patch × patch² as
+``hidden_states`` / ``pixel_values``, whole merge windows), video clips (``pixel_values_videos``: frames × channels ×
+image size), vocoder spectrograms, the hidden states / context a tower takes from its parent model (at the config's
+input or hidden width), a parent's feature map (``patch_embeds``), other required ``*_embeds`` / ``*_hidden_states``
+(`_named_states`: those widths, then the hidden width times the layers a config list names, concatenated), time-series
+context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids, ``inputs_embeds`` instead of
+ids, 224-pixel images for nets that pool a small default image away; after all of those (so a model an earlier
+candidate runs keeps its inputs), audio features in further (frames, width) layouts (`_feature_layouts`: the width of a
+feature projection, the mel bins of a nested audio config with frames in whole stacking windows, frames stacked 2 or 4
+per row) and image pairs (batch, 2, channels, height, width) for keypoint matchers; then images with their patch grid
+sizes (``target_sizes``), as a batch and packed into one row of patches, and patch volumes (patches, temporal patch,
+patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names
+(`_named_late`): trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``,
+``returns_to_go``, ``timesteps``), tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents
+(``context_input_ids``, ``doc_scores`` for ``n_docs``); also after the image pairs, images at the image sizes of nested
+configs (`_nested_pixels`: a composite whose backbone or prompt encoder states the size); and, for a tower fed its
+parent's features (required arguments no rule builds by name), those arguments by their annotation at the config's
+width, lists as a feature pyramid, with the optional ``*_features`` and position embeddings beside them
+(`_tower_inputs`). Audio by argument name (`_named_audio`): a mel spectrogram (a name
+with ``mel``) at the config's ``input_feat_size`` / mel bins with its paired mask (``<input>_mask``, `_paired_masks`),
+codebook ids (``..._input_ids``, (batch, SEQ, ``num_codebooks``)); among the last resorts (`_timed_audio`,
+`_with_video`): features packed (mel, batch × frames) with their ``feature_lens``, features at one frame per
+``hop_length`` of 16000 samples beside the samples, and each candidate again with a video clip where the forward also
+takes ``pixel_values_videos`` (at a nested timm tower's ``model_args`` img_size where the config names no image size).
+After every other candidate, images whose patch grid splits into whole attention windows with a patch per query
+(`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side, ``num_queries``; a windowed detector backbone).
 """
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -43,11 +61,20 @@ def _token_ids(cfg, n: int = SEQ) -> torch.Tensor:
 
 def _pixels(cfg) -> torch.Tensor:
     v = _sub(cfg, "vision_config", "backbone_config", "encoder")
-    h, w = size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), 32)
+    h, w = size2(getattr(v, "image_size", None) or getattr(cfg, "image_size", None), _latent_pixels(v) or 32)
     c = int(getattr(v, "num_channels", None) or getattr(cfg, "num_channels", None) or 3)
     frames = getattr(v, "num_frames", None)
     shape = (BATCH, int(frames), c, h, w) if isinstance(frames, int) and frames > 0 else (BATCH, c, h, w)
     return torch.randn(shape, generator=generator())
+
+
+def _latent_pixels(v) -> int | None:
+    """The image side a VQ autoencoder's latent grid implies where its config names no image size: ``num_patches``
+    latents per side, the image halved once per level of ``channel_multiplier`` after the first."""
+    side, levels = getattr(v, "num_patches", None), getattr(v, "channel_multiplier", None)
+    if isinstance(side, int) and side > 0 and isinstance(levels, (list, tuple)) and levels:
+        return side * 2 ** (len(levels) - 1)
+    return None
 
 
 def _windowed_pixels(cfg) -> torch.Tensor | None:
@@ -152,7 +179,7 @@ def _patch_grid(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _video(cfg) -> torch.Tensor:
     """(BATCH, frames, channels, height, width): the config's frame count (2 temporal tubelets when it has none or
-    more than 16) at its image / crop size."""
+    more than 16) at its image / crop size (or a nested timm tower's img_size)."""
     cs = _vision_cfgs(cfg)
     tube = getattr(cs[0], "tubelet_size", None)
     tube = tube[0] if isinstance(tube, (list, tuple)) and tube else tube
@@ -160,9 +187,19 @@ def _video(cfg) -> torch.Tensor:
     frames = _first_int(cs, "num_frames", "frames_per_clip")
     frames = frames if frames and frames <= 16 else 2 * tube
     size = next((getattr(c, k) for c in cs for k in ("image_size", "crop_size") if getattr(c, k, None)), None)
-    h, w = size2(size, 32)
+    h, w = size2(size or _timm_size(cfg), 32)
     ch = _first_int(cs, "num_channels", "in_chans", "in_channels", default=3)
     return torch.randn(BATCH, frames, ch, h, w, generator=generator())
+
+
+def _timm_size(cfg):
+    """The image size a nested timm tower is built at (``model_args["img_size"]`` of a config with
+    ``architecture``), or None."""
+    for c in _configs(cfg):
+        args = getattr(c, "model_args", None)
+        if isinstance(getattr(c, "architecture", None), str) and isinstance(args, dict) and args.get("img_size"):
+            return args["img_size"]
+    return None
 
 
 def _states(cfg) -> list[torch.Tensor]:
@@ -200,7 +237,62 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         return [torch.ones(BATCH, SEQ, dtype=torch.long)]
     if name == "input_ids":
         return [_token_ids(_sub(cfg, "text_config", "decoder", "text_encoder"))]
+    if name == "patch_embeds":  # a tower fed its parent's feature map: (batch, hidden size, grid side, grid side)
+        cs = _vision_cfgs(cfg)
+        side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
+        return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
+    return _named_states(cfg, name) or _named_audio(cfg, name, required)
+
+
+def _named_states(cfg, name: str) -> list | None:
+    """Other embeddings / hidden states a forward requires by a name ending in ``_embeds`` (``noise_embeds``: at
+    the widths of `_states`) or ``_hidden_states`` (``context_hidden_states``, another model's states: at those
+    widths, then at the hidden width times the number of layers a config list names, ``target_layer_ids`` /
+    ``vision_feature_layer``: those layers' states concatenated); None for other names."""
+    if name.endswith("_embeds"):
+        return _states(cfg) or None
+    if not name.endswith("_hidden_states"):
+        return None
+    hidden = _first_int([cfg], "hidden_size", "hidden_dim", "d_model")
+    layers = [len(v) for k, v in vars(cfg).items() if re.search(r"layer_ids$|feature_layers?$", k)
+              and isinstance(v, (list, tuple)) and len(v) > 1 and all(isinstance(x, int) for x in v)]
+    extra = [torch.randn(BATCH, SEQ, hidden * n, generator=generator()) for n in dict.fromkeys(layers) if hidden]
+    return (_states(cfg) + extra) or None
+
+
+_PAIRED = object()  # placeholder for a mask built from the input it pairs with (`_paired_masks`)
+
+
+def _named_audio(cfg, name: str, required: list[str]) -> list | None:
+    """Audio arguments by name, after the other names: a mel spectrogram (a name with ``mel``: (batch, frames, the
+    config's ``input_feat_size`` / ``num_mel_bins`` / ``mel_dim``), frames 64), codebook ids (a name ending in
+    ``_input_ids`` on a config with ``num_codebooks``: (batch, SEQ, codebooks) below ``codebook_size``), and a mask
+    of another required input (``<input>_mask``: built by `_paired_masks`)."""
+    cs = _configs(cfg)
+    if name.endswith("_mask") and name[:-len("_mask")] in required:
+        return [_PAIRED]
+    if "mel" in name.split("_"):
+        width = _first_int(cs, "input_feat_size", "num_mel_bins", "mel_dim", "n_mel_bins", default=80)
+        return [torch.randn(BATCH, 64, width, generator=generator())]
+    books, size = _first_int(cs, "num_codebooks"), _first_int(cs, "codebook_size")
+    if name.endswith("_input_ids") and books and size:
+        return [torch.randint(0, size, (BATCH, SEQ, books), generator=generator())]
     return None
+
+
+def _paired_masks(params, cand: dict) -> dict:
+    """`_PAIRED` placeholders replaced by a frame mask of the input they pair with (``audio_mel_mask`` of
+    ``audio_mel``: (batch, frames)), in the forward's annotated dtype (bool where it says so, else long). Its first
+    three quarters of frames are 1 and the rest 0, so frames are kept whichever value the model reads as padding."""
+    out = dict(cand)
+    for k, v in cand.items():
+        if v is _PAIRED:
+            x = cand[k[:-len("_mask")]]
+            n = x.shape[1]
+            m = torch.zeros(BATCH, n, dtype=torch.long)
+            m[:, :max(1, 3 * n // 4)] = 1
+            out[k] = m.bool() if "bool" in str(params[k].annotation).lower() else m
+    return out
 
 
 def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
@@ -224,6 +316,28 @@ def _patchified(cfg, params, cands: list[dict]) -> list[dict]:
         extra["pixel_attention_mask"] = torch.ones(BATCH, side * side, dtype=torch.long)
     done = [{**c, **extra} for c in cands if "pixel_values" in c and not extra.keys() <= c.keys()]
     return done + [c for c in cands if "pixel_values" not in c] if done else cands
+
+
+def _late_patch_layouts(cfg, params) -> list[dict]:
+    """Last-resort pixel layouts, by the forward's argument names and config fields: images with their patch grid
+    sizes (a forward with ``target_sizes`` / ``tgt_sizes``: (h, w) = side × side patches per image, side = 4), as
+    BATCH images and packed into one row of patches (1, channels, patch, BATCH · side² · patch); patch volumes
+    (BATCH, temporal patch, patch, patch, channels) for a tower that embeds each patch itself (a config with
+    ``temporal_patch_size`` and a forward that takes ``pixel_values`` but no ``grid_thw``)."""
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=16)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    g, out = generator(), []
+    sizes = next((n for n in ("target_sizes", "tgt_sizes") if n in params), None)
+    if sizes and "pixel_values" in params:
+        side = 4
+        grid = torch.tensor([[side, side]] * BATCH)
+        out.append({"pixel_values": torch.randn(BATCH, ch, side * p, side * p, generator=g), sizes: grid})
+        out.append({"pixel_values": torch.randn(1, ch, p, BATCH * side * side * p, generator=g), sizes: grid})
+    tp = _first_int(cs, "temporal_patch_size")
+    if tp and "pixel_values" in params and "grid_thw" not in params:
+        out.append({"pixel_values": torch.randn(BATCH, tp, p, p, ch, generator=g)})
+    return out
 
 
 def _flattened_patches(cfg) -> torch.Tensor:
@@ -271,13 +385,65 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
             continue
         n_alt = max((len(v) for v in alts.values()), default=1)
         for i in range(n_alt):
-            cand = {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base}
+            cand = _paired_masks(params, {**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **base})
             if all(cand.keys() != c.keys() or any(cand[k] is not c[k] for k in c) for c in out):
                 out.append(cand)
         if "input_features" in missing:  # the last-resort feature layouts, after every aligned candidate
-            late += [{**{n: v[0] for n, v in alts.items()}, "input_features": f, **base}
+            late += [_paired_masks(params, {**{n: v[0] for n, v in alts.items()}, "input_features": f, **base})
                      for f in _audio_alternatives(cfg, "input_features")[2:]]
     return out + late or cands
+
+
+_POS = re.compile(r"pos_(embed|encod)")  # position embeddings / encodings given beside features
+
+
+def _tower_inputs(cfg, params) -> list[dict]:
+    """Last resort for a tower fed its parent's features (a forward with required arguments no other rule builds:
+    ``vision_features``, ``decoder_queries``, ``backbone_features``): each required floating-tensor argument by its
+    annotation at the config's width, a tensor (BATCH, SEQ, width) or a list of tensors as a feature pyramid
+    [(BATCH, width, 4, 4), (BATCH, width, 2, 2)] (fine to coarse; the coarsest has no more positions than SEQ);
+    optional ``*_features`` arguments (prompt features a decoder cross-attends to) likewise, and optional position
+    embeddings (``*pos_embed*``, ``*pos_encoding*``) in the shapes of the features they go with (the same annotation).
+    Arguments the other rules build (``encoder_hidden_states``, ...) take those rules' first alternative. [] where
+    the forward has no such argument, or one that is neither built by name nor a floating tensor."""
+    width = _first_int([cfg], "hidden_size", "d_model", "hidden_dim")
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = [n for n, p in named.items() if p.default is inspect.Parameter.empty]
+    unbuilt = [n for n in required if _required_alternatives(cfg, n, required) is None]
+    if not width or not unbuilt:
+        return []
+
+    def kind(p) -> str | None:  # "list" / "tensor": a (list of) floating tensor(s) by the annotation
+        a = re.sub(r"<class '([\w.]+)'>", r"\1", str(p.annotation)).replace("typing.", "")
+        if re.search(r"Long|Bool|Int", a):
+            return None
+        if re.match(r"(list|List|tuple|Tuple)\[torch\.(Float)?Tensor", a):
+            return "list"
+        return "tensor" if re.match(r"torch\.(Float)?Tensor", a) else None
+
+    g = generator()
+    made = {"list": [torch.randn(BATCH, width, s, s, generator=g) for s in (4, 2)],
+            "tensor": torch.randn(BATCH, SEQ, width, generator=g)}
+    out = {}
+    for n in required:
+        if n in unbuilt:
+            if kind(named[n]) is None:
+                return []
+            out[n] = made[kind(named[n])]
+        else:
+            out[n] = _required_alternatives(cfg, n, required)[0]
+    for n, p in named.items():
+        if n not in out and kind(p) and (n.endswith("_features") or _POS.search(n)):
+            out[n] = made[kind(p)]
+    return [out]
+
+
+def _nested_pixels(cfg, first: torch.Tensor) -> list[torch.Tensor]:
+    """Images (BATCH, channels, h, w) at the image sizes its nested configs state (``image_size`` of a backbone or a
+    prompt encoder: SAM2's Hiera, EdgeTAM's prompt encoder), each size once, other than `first`'s."""
+    sizes = [size2(getattr(c, "image_size", None), 0) for c in _configs(cfg)[1:]]
+    sizes = [hw for hw in dict.fromkeys(sizes) if hw[0] > 0 and hw != tuple(first.shape[-2:])]
+    return [torch.randn(BATCH, first.shape[1], h, w, generator=generator()) for h, w in sizes]
 
 
 def _keyword_candidates(model: nn.Module) -> list[dict]:
@@ -342,10 +508,94 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     if main == "pixel_values" and mains and mains[0].dim() == 4:
         # image pairs (batch, 2, channels, height, width): keypoint matchers take both images of a pair at once
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
+    cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
+    if main == "pixel_values" and mains and mains[0].dim() == 4:  # after those: the image sizes of sub-configs
+        cands += [{"pixel_values": p, **extra} for p in _nested_pixels(cfg, mains[0])]
+    filled = _fill_required(cfg, params, _patchified(cfg, params, cands))
+    out = _feature_masks(params, _with_video(cfg, params, _timed_audio(cfg, params, filled)))
+    # after all of those: images in whole attention windows with a patch per query (a windowed detector backbone)
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
-    if windowed is not None:  # a windowed backbone: whole windows of patches per side
-        cands.append({"pixel_values": windowed, **others, **extra})
-    return _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
+    last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
+    return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
+
+
+_NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
+
+
+def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last-resort candidates, after all others (a model one of those runs keeps its inputs), from optional
+    arguments the forward names: trajectories (an argument whose first word starts with the stem of a config
+    ``<stem>_dim`` field: ``states`` / ``actions`` at ``state_dim`` / ``act_dim``, (BATCH, SEQ, dim); with per-step
+    scalars ``returns_to_go`` / ``rewards`` (BATCH, SEQ, 1) and ``timesteps`` 0..SEQ-1); tokens pooled into patches
+    (``patch_ids`` with ``num_patches``: two tokens a patch); retrieved documents (``context_input_ids``: the
+    config's ``n_docs`` rows of generator ids per sample, with ``context_attention_mask`` and ``doc_scores``)."""
+    g, out = generator(), []
+    stems = {k[:-4]: v for k, v in vars(cfg).items() if k.endswith("_dim") and len(k) > 6
+             and isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    steps = {n: torch.randn(BATCH, SEQ, d, generator=g) for n in params if not _NOT_STEP_INPUT.search(n)
+             for stem, d in stems.items() if n.split("_")[0].startswith(stem)}
+    if steps:
+        scalars = [n for n in ("returns_to_go", "rewards") if n in params]  # one number a step
+        steps.update({n: torch.randn(BATCH, SEQ, 1, generator=g) for n in scalars})
+        if "timesteps" in params:
+            steps["timesteps"] = torch.arange(SEQ).repeat(BATCH, 1)
+        out.append(steps)
+    texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
+    if "patch_ids" in params and "num_patches" in params:
+        for c in texts:
+            n = c.get("input_ids", c.get("inputs_embeds")).shape[1]
+            out.append({**c, "patch_ids": (torch.arange(n) // 2).repeat(BATCH, 1), "num_patches": -(-n // 2)})
+    if "context_input_ids" in params:
+        docs = _first_int([cfg], "n_docs", default=1)
+        gen = _sub(cfg, "generator", "text_config")
+        ctx = {"context_input_ids": _token_ids(gen).repeat_interleave(docs, 0)}
+        if "context_attention_mask" in params:
+            ctx["context_attention_mask"] = torch.ones(BATCH * docs, SEQ, dtype=torch.long)
+        if "doc_scores" in params:
+            ctx["doc_scores"] = torch.randn(BATCH, docs, generator=g)
+        out += [{**c, **ctx} for c in cands if "input_ids" in c] or [ctx]
+    return out
+
+
+def _with_video(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last resorts for a forward that takes a video clip beside its other inputs (``pixel_values_videos``, not
+    required: an audio-video encoder): each candidate without one again, with the clip of `_video`."""
+    if "pixel_values_videos" not in params:
+        return cands
+    clip = _video(cfg)
+    return cands + [{**c, "pixel_values_videos": clip} for c in cands if "pixel_values_videos" not in c]
+
+
+_LENS = ("feature_lens", "feature_lengths")
+
+
+def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last-resort audio candidates whose lengths are tied (after every other candidate): features with their
+    per-sample frame counts where the forward takes them (``feature_lens``: the features packed as (mel, batch ×
+    frames), then batched (batch, mel, frames)); and where it takes samples and features together (codecs with a
+    semantic encoder beside the acoustic one), features at one frame per hop of samples (the config's
+    ``hop_length``: 16000 samples, 16000 // hop frames) in each (frames, width) layout,
+    with an all-ones frame mask where the forward takes one."""
+    out = list(cands)
+    a, cs = _sub(cfg, "audio_config", "encoder_config"), _configs(cfg)
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    lens = next((n for n in _LENS if n in params), None)
+    if lens and "input_features" in params:
+        t = 2 * int(getattr(a, "max_source_positions", 0) or 32)
+        g = generator()
+        n = torch.full((BATCH,), t, dtype=torch.long)
+        out += [{"input_features": torch.randn(mel, BATCH * t, generator=g), lens: n},
+                {"input_features": torch.randn(BATCH, mel, t, generator=g), lens: n}]
+    hop = _first_int(cs, "hop_length")
+    if hop and "input_values" in params and "input_features" in params and 16000 // hop > 0:
+        t = 16000 // hop
+        widths = dict.fromkeys([mel] + [w for _, w in _feature_layouts(cfg, mel, mel)])
+        samples = [v for v in _audio_alternatives(cfg, "input_values") if v.shape[-1] == 16000]
+        mask = ({"input_features_mask": torch.ones(BATCH, t, dtype=torch.long)} if "input_features_mask" in params
+                else {})
+        out += [{"input_values": v, "input_features": torch.randn(BATCH, t, w, generator=generator()), **mask}
+                for w in widths for v in samples]
+    return out
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
