@@ -3,7 +3,7 @@ a two-stage detector's queries (a windowed ViT backbone), the coverage benchmark
 (one feature level where the default config has none; a backbone's reported widths tied to its stage widths; a field
 the config derives its width from, shrunk with it), its float64 re-measurement where float32 rounding is amplified
 past the exactness threshold, and the probe telling an op that returns its input unchanged (eval dropout) from an
-in-place one. Tiny configs; penalized gradients against the explicit-penalty oracle (`tests/_oracle.py`)."""
+in-place one (an ``inplace=True`` dropout, a no-op in eval, still writes into z in training). Tiny configs; penalized gradients against the explicit-penalty oracle (`tests/_oracle.py`)."""
 import copy
 import re
 import sys
@@ -162,6 +162,31 @@ def test_an_op_returning_its_input_unchanged_does_not_make_the_site_in_place():
     model, x = perturbed(DropoutNet()), torch.randn(2, 4, 8)
     found = hf_penal.sites(model, x)
     assert [s.name for s in found] == ["layers.0.attn", "layers.1.attn"] and not any(s.inplace for s in found)
+    penal = hf_penal.apply(copy.deepcopy(model), tau=TAU, example_inputs=x)
+
+    def loss(m):
+        torch.manual_seed(0)
+        return m(x).square().mean()
+    g_plain, _, _ = grads(model, loss)
+    g_oracle, _, _ = grads(model, loss, [(r"layers\.\d\.attn", None)], TAU)
+    g_penal, _, _ = grads(penal, loss)
+    assert rel_err(g_oracle, g_plain) > 1e-5 and rel_err(g_penal, g_oracle) < 1e-5
+
+
+class InplaceDropoutBlock(DropoutBlock):
+    """x + in-place dropout(attn(x)): a no-op in eval (where the probe runs), a write into z in training."""
+
+    def forward(self, x):
+        return x + F.dropout(self.attn(x), 0.5, self.training, inplace=True)
+
+
+def test_an_in_place_dropout_still_makes_the_site_in_place_and_training_gradients_exact():
+    torch.manual_seed(0)
+    model, x = perturbed(DropoutNet()), torch.randn(2, 4, 8)
+    model.layers = nn.ModuleList([InplaceDropoutBlock(8) for _ in range(2)])
+    perturbed(model)
+    found = hf_penal.sites(model, x)
+    assert [s.name for s in found] == ["layers.0.attn", "layers.1.attn"] and all(s.inplace for s in found)
     penal = hf_penal.apply(copy.deepcopy(model), tau=TAU, example_inputs=x)
 
     def loss(m):

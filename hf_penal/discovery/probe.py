@@ -8,6 +8,7 @@ slicing: windowed attention) and scaling by a constant. A probe that cannot run 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -86,6 +87,17 @@ def _version(t) -> int | None:
         return None
 
 
+def _inplace_call(func, args, kwargs) -> bool:
+    """Whether the call asks to write in place (``inplace=True``): an in-place dropout returns its input untouched in
+    eval, where the probe runs, and overwrites it in training."""
+    if kwargs.get("inplace"):
+        return True
+    try:
+        return bool(inspect.signature(func).bind_partial(*args, **kwargs).arguments.get("inplace"))
+    except (TypeError, ValueError):  # a builtin without a signature, or arguments it does not bind
+        return False
+
+
 def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
     """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
     gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
@@ -130,7 +142,8 @@ class _AddWatcher(TorchFunctionMode):
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
         if id(out) in self.born:  # the same tensor: in place, or returned unchanged (eval dropout, contiguous)
-            if id(out) in self.values and (out is not first or version is None or _version(out) != version):
+            if id(out) in self.values and (out is not first or version is None or _version(out) != version
+                                           or _inplace_call(func, args, kwargs)):
                 self.mutated.add(self.values[id(out)].chain)
             return out
         self.born[id(out)] = self.clock
