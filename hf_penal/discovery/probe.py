@@ -88,9 +88,10 @@ def _version(t) -> int | None:
 
 
 def _inplace_call(func, args, kwargs) -> bool:
-    """Whether the call asks to write in place (``inplace=True``): an in-place dropout returns its input untouched in
-    eval, where the probe runs, and overwrites it in training."""
-    if kwargs.get("inplace"):
+    """Whether the call asks to write in place (``inplace=True``, or an in-place variant: a name ending in ``_``): an
+    in-place dropout returns its input untouched in eval, where the probe runs, and overwrites it in training."""
+    name = getattr(func, "__name__", "")
+    if kwargs.get("inplace") or (name.endswith("_") and not name.endswith("__")):
         return True
     try:
         return bool(inspect.signature(func).bind_partial(*args, **kwargs).arguments.get("inplace"))
