@@ -15,10 +15,10 @@ image sizes; a field whose default is the sum of the config's and a sub-config's
 default config with no feature level (an empty ``*_scale_factors``, num_feature_levels 0: LW-DETR) gets one at scale
 1.0, `_one_feature_level`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
 model_args, `_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run
-at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual blocks covered
-(elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape
-tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal the
-explicit-penalty oracle built from the found sites
+at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual
+blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two
+same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal
+the explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's (a float32 gradient comparison that the oracle's own float32 rounding cannot
 resolve is re-measured in float64, `_float64_recheck`). Each model runs in a worker process under a per-model time
@@ -848,9 +848,9 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     is compared with the oracle there (same tau, same sites; the exactness threshold unchanged). Returns the fields to
     update: the float32 rounding noise and, where re-measured, the float64 error (``precision``: float64)."""
     import torch
+    from _oracle import grads, rel_err
 
     import hf_penal
-    from _oracle import grads, rel_err
     g_moved, _, _ = grads(model, _seeded_loss(args, kwargs), zspec, tau * (1 + 1e-6))
     noise = rel_err(g_moved, g_oracle)
     out = {"f32_noise": noise}

@@ -3,7 +3,8 @@ a two-stage detector's queries (a windowed ViT backbone), the coverage benchmark
 (one feature level where the default config has none; a backbone's reported widths tied to its stage widths; a field
 the config derives its width from, shrunk with it), its float64 re-measurement where float32 rounding is amplified
 past the exactness threshold, and the probe telling an op that returns its input unchanged (eval dropout) from an
-in-place one (an ``inplace=True`` dropout, a no-op in eval, still writes into z in training). Tiny configs; penalized gradients against the explicit-penalty oracle (`tests/_oracle.py`)."""
+in-place one (an ``inplace=True`` dropout, a no-op in eval, still writes into z in training). Tiny configs;
+penalized gradients against the explicit-penalty oracle (`tests/_oracle.py`)."""
 import copy
 import re
 import sys
