@@ -32,7 +32,8 @@ def grads(model, loss_fn, zspec=(), tau=0.0, train=True):
                 handles.append(mod.register_forward_hook(_capture(idx, captured)))
     try:
         loss = loss_fn(model)
-        total = loss + tau / 2 * sum((z.float() ** 2).sum() for z in captured) if captured else loss
+        wide = (lambda z: z.double() if z.dtype == torch.float64 else z.float())  # noqa: E731 - float64 stays
+        total = loss + tau / 2 * sum((wide(z) ** 2).sum() for z in captured) if captured else loss
         total.backward()
     finally:
         for h in handles:

@@ -9,6 +9,7 @@ constant. A probe that cannot run the model raises `ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -84,6 +85,26 @@ def _key(v: _Value) -> tuple:
     return v.chain[0], v.start
 
 
+def _version(t) -> int | None:
+    """A tensor's version counter (it counts in-place writes), None for no tensor or one without a counter."""
+    try:
+        return t._version if t is not None else None
+    except RuntimeError:  # an inference tensor
+        return None
+
+
+def _inplace_call(func, args, kwargs) -> bool:
+    """Whether the call asks to write in place (``inplace=True``, or an in-place variant: a name ending in ``_``): an
+    in-place dropout returns its input untouched in eval, where the probe runs, and overwrites it in training."""
+    name = getattr(func, "__name__", "")
+    if kwargs.get("inplace") or (name.endswith("_") and not name.endswith("__")):
+        return True
+    try:
+        return bool(inspect.signature(func).bind_partial(*args, **kwargs).arguments.get("inplace"))
+    except (TypeError, ValueError):  # a builtin without a signature, or arguments it does not bind
+        return False
+
+
 def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
     """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
     gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
@@ -120,14 +141,17 @@ class _AddWatcher(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        first = args[0] if args and torch.is_tensor(args[0]) else None
+        version = _version(first)
         out = func(*args, **kwargs)
         self.clock += 1
         if not torch.is_tensor(out):
             return out
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
-        if id(out) in self.born:  # in place: the same tensor
-            if id(out) in self.values:
+        if id(out) in self.born:  # the same tensor: in place, or returned unchanged (eval dropout, contiguous)
+            if id(out) in self.values and (out is not first or version is None or _version(out) != version
+                                           or _inplace_call(func, args, kwargs)):
                 self.mutated.add(self.values[id(out)].chain)
             self._count_uses(args, kwargs, out)
             return out

@@ -30,6 +30,8 @@ codebook ids (``..._input_ids``, (batch, SEQ, ``num_codebooks``)); among the las
 `_with_video`): features packed (mel, batch × frames) with their ``feature_lens``, features at one frame per
 ``hop_length`` of 16000 samples beside the samples, and each candidate again with a video clip where the forward also
 takes ``pixel_values_videos`` (at a nested timm tower's ``model_args`` img_size where the config names no image size).
+After every other candidate, images whose patch grid splits into whole attention windows with a patch per query
+(`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side, ``num_queries``; a windowed detector backbone).
 """
 from __future__ import annotations
 
@@ -73,6 +75,28 @@ def _latent_pixels(v) -> int | None:
     if isinstance(side, int) and side > 0 and isinstance(levels, (list, tuple)) and levels:
         return side * 2 ** (len(levels) - 1)
     return None
+
+
+def _windowed_pixels(cfg) -> torch.Tensor | None:
+    """Pixels whose patch grid fits a windowed, two-stage detector: each side at the config's image size rounded to
+    a multiple of ``patch_size`` × ``num_windows`` (a windowed ViT backbone that partitions the patch grid into
+    whole windows per side, with interpolated position embeddings), and grown (by whole windows) to at least
+    ``num_queries`` patches in all where the config has queries (a two-stage detector picks its queries top-k among
+    the patch tokens). None where the config has no patch size, or neither windows nor queries, or its own image size
+    already fits."""
+    v = _sub(cfg, "vision_config", "backbone_config", "encoder")
+    p, k = _first_int([v], "patch_size"), _first_int([v], "num_windows", default=1)
+    queries = _first_int([cfg], "num_queries", default=0)
+    if not p or (k == 1 and not queries):
+        return None
+    x = _pixels(cfg)
+    step = p * k
+    h, w = (max(1, round(n / step)) * step for n in x.shape[-2:])
+    while (h // p) * (w // p) < queries:
+        h, w = h + step, w + step
+    if (h, w) == tuple(x.shape[-2:]):
+        return None
+    return torch.randn(*x.shape[:-2], h, w, generator=generator())
 
 
 def _audio_alternatives(cfg, name: str, layouts: bool = True) -> list[torch.Tensor]:
@@ -489,7 +513,10 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         cands += [{"pixel_values": p, **extra} for p in _nested_pixels(cfg, mains[0])]
     filled = _fill_required(cfg, params, _patchified(cfg, params, cands))
     out = _feature_masks(params, _with_video(cfg, params, _timed_audio(cfg, params, filled)))
-    return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params)
+    # after all of those: images in whole attention windows with a patch per query (a windowed detector backbone)
+    windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
+    last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
+    return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
