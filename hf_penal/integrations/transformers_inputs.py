@@ -380,7 +380,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
         cands.append({"pixel_values": torch.stack([mains[0], mains[0].flip(-1)], 1), **extra})
     cands += [{**c, **extra} for c in _late_patch_layouts(cfg, params)]
     out = _feature_masks(params, _fill_required(cfg, params, _patchified(cfg, params, cands)))
-    return out + _named_late(cfg, params, out)
+    out = out + _named_late(cfg, params, out)
+    return out + _max_size_pixels(cfg, out)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -419,6 +420,21 @@ def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
             ctx["doc_scores"] = torch.randn(BATCH, docs, generator=g)
         out += [{**c, **ctx} for c in cands if "input_ids" in c] or [ctx]
     return out
+
+
+def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
+    """Last-resort pixels, after all others, for a config that names the frame size its forward needs
+    (``max_img_size``: a visual prompt laid over each frame at that size): the candidates with pixel values, those at
+    that size, with the config's ``num_frames`` frames where it names them (BATCH, frames, channels, size, size)."""
+    cs = _vision_cfgs(cfg)
+    size = _first_int(cs, "max_img_size")
+    if not size:
+        return []
+    frames = _first_int(cs, "num_frames")
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    shape = (BATCH, frames, ch, size, size) if frames else (BATCH, ch, size, size)
+    pixels = torch.randn(shape, generator=generator())
+    return [{**c, "pixel_values": pixels} for c in cands if "pixel_values" in c]
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
