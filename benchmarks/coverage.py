@@ -13,8 +13,10 @@ the residual blocks covered (elements of ModuleLists / Sequentials whose class e
 which two same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter
 gradients equal the explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
-are bit-identical to the plain model's. Each model runs in a worker process under a per-model time limit; a worker that
-dies is replaced and the model recorded as crashed.
+are bit-identical to the plain model's; for an inexact model, how many found sites' outputs get no gradient from
+the loss (`_sites_without_grad`: the penalty's backward never runs there, the oracle's τ/2·‖z‖² still reaches
+them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a per-model time
+limit; a worker that dies is replaced and the model recorded as crashed.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
