@@ -20,7 +20,9 @@ sizes (``target_sizes``), as a batch and packed into one row of patches, and pat
 patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names
 (`_named_late`): trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``,
 ``returns_to_go``, ``timesteps``), tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents
-(``context_input_ids``, ``doc_scores`` for ``n_docs``).
+(``context_input_ids``, ``doc_scores`` for ``n_docs``); last of all, pixels at the frame size a config names
+(``max_img_size``, with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every
+candidate again at batch 1.
 """
 from __future__ import annotations
 
