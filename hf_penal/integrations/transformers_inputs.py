@@ -426,8 +426,9 @@ def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
 
 def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     """Last-resort pixels, after all others, for a config that names the frame size its forward needs
-    (``max_img_size``: a visual prompt laid over each frame at that size): the candidates with pixel values, those at
-    that size, with the config's ``num_frames`` frames where it names them (BATCH, frames, channels, size, size)."""
+    (``max_img_size``: a visual prompt laid over each frame at that size): pixel values at that size, with the
+    config's ``num_frames`` frames where it names them (BATCH, frames, channels, size, size), in the first candidate
+    with pixel values only (the most complete: each failed try at that size is slow)."""
     cs = _vision_cfgs(cfg)
     size = _first_int(cs, "max_img_size")
     if not size:
@@ -436,7 +437,8 @@ def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     ch = _first_int(cs, "num_channels", "in_channels", default=3)
     shape = (BATCH, frames, ch, size, size) if frames else (BATCH, ch, size, size)
     pixels = torch.randn(shape, generator=generator())
-    return [{**c, "pixel_values": pixels} for c in cands if "pixel_values" in c]
+    first = next((c for c in cands if "pixel_values" in c), None)
+    return [{**first, "pixel_values": pixels}] if first else []
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
