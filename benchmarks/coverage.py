@@ -21,7 +21,9 @@ same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the pena
 the explicit-penalty oracle built from the found sites
 (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
 are bit-identical to the plain model's (a float32 gradient comparison that the oracle's own float32 rounding cannot
-resolve is re-measured in float64, `_float64_recheck`). Each model runs in a worker process under a per-model time
+resolve is re-measured in float64, `_float64_recheck`); for an inexact model, how many found sites' outputs get no
+gradient from the loss (`_sites_without_grad`: the penalty's backward never runs there, the oracle's τ/2·‖z‖² still
+reaches them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a per-model time
 limit; a worker that dies is replaced and the model recorded as crashed.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
@@ -967,7 +969,41 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
                                                    f"{rec['f32_rel_err']:.1e}, rounding noise {rec['f32_noise']:.1e})"]
     full = rec["covered"] == rec["blocks"]  # 0 == 0: no listed blocks to check
     rec["status"] = ("ok" if full else "partial") if rec["grad_exact"] and rec["eval_identical"] else "inexact"
+    if rec["status"] == "inexact":
+        rec["sites_no_grad"] = _sites_without_grad(model, loss, found)
+        if rec["sites_no_grad"]:
+            rec["cause"] = f"{rec['sites_no_grad']} of {len(found)} site outputs get no gradient from the loss"
     return rec
+
+
+def _sites_without_grad(model, loss, found) -> int:
+    """The number of found sites whose output z receives no gradient from the loss in a plain backward (a hook on
+    each call's z; a site counts as reached when any call's z gets one). The penalty's backward runs only where a
+    gradient reaches z, while the explicit-penalty oracle's τ/2·‖z‖² term gives z a gradient anyway: sites behind
+    a non-differentiable step (a codec's argmin quantizer between encoder and decoder) make such a model inexact."""
+    import torch
+    mods = dict(model.named_modules())
+    reached: set[str] = set()
+    handles = []
+
+    def hook(name, index):
+        def on_output(mod, args, out):
+            z = out if index is None else out[index]
+            if torch.is_tensor(z) and z.requires_grad:
+                z.register_hook(lambda g: reached.add(name))
+        return on_output
+    names = {(s.end or s.name, s.output_index) for s in found}
+    for name, index in names:
+        handles.append(mods[name].register_forward_hook(hook(name, index)))
+    model.train()
+    model.zero_grad(set_to_none=True)
+    try:
+        loss(model).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    return sum(1 for s in found if (s.end or s.name) not in reached)
 
 
 def _cause(e: BaseException) -> str:
@@ -1118,6 +1154,8 @@ def table(title: str, recs: list[dict], command: str, rule: str) -> str:
             cause = "uncovered: " + ", ".join(r.get("uncovered", []))
         if r.get("status") == "inexact":
             cause = f"oracle vs plain {r.get('oracle_vs_plain', 0):.1e}, sites fired {r.get('fired')}"
+            if r.get("sites_no_grad"):
+                cause += f", {r['sites_no_grad']} site outputs get no gradient from the loss"
         if r.get("notes"):
             cause = (cause + "; " if cause else "") + "; ".join(r["notes"])
         if r.get("config", "small") != "small":

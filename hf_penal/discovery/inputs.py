@@ -4,7 +4,8 @@ The library-specific builders live with the integrations (`hf_penal.integrations
 `hf_penal.integrations.timm_inputs`) and are registered here by `import hf_penal`. A builder takes a model and
 returns its candidate ``(args, kwargs)`` pairs, most complete first, or None when the model is not of its library.
 The first builder that claims the model decides; a model's own ``dummy_inputs`` (a dict of keyword inputs) is tried
-before the candidates of a builder that does not already use it, and alone when no builder claims the model.
+before the candidates of a builder that does not already use it, and alone when no builder claims the model. After all
+of them come the same candidates at batch 1 (`batch_one`), for forwards that run on one sample only.
 """
 from __future__ import annotations
 
@@ -49,5 +50,21 @@ def probe_inputs(model: nn.Module) -> list[tuple]:
     for builder, uses_dummy in _BUILDERS:
         cands = builder(model)
         if cands is not None:
-            return list(cands) if uses_dummy else own + list(cands)
-    return own
+            cands = list(cands) if uses_dummy else own + list(cands)
+            return cands + batch_one(cands)
+    return own + batch_one(own)
+
+
+def batch_one(cands: list[tuple]) -> list[tuple]:
+    """Last resorts, after every candidate (a model that runs on one keeps its inputs): each candidate at batch 1,
+    its tensors whose first dimension is BATCH cut to their first sample, for a forward that only runs on one sample
+    (one that views a per-position table to (batch, ...)); candidates with no such tensor are left out."""
+    def batched(v):
+        return torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == BATCH
+
+    out = []
+    for args, kwargs in cands:
+        if any(batched(v) for v in (*args, *kwargs.values())):
+            out.append((tuple(a[:1] if batched(a) else a for a in args),
+                        {k: v[:1] if batched(v) else v for k, v in kwargs.items()}))
+    return out

@@ -12,26 +12,28 @@ image size), vocoder spectrograms, the hidden states / context a tower takes fro
 input or hidden width), a parent's feature map (``patch_embeds``), other required ``*_embeds`` / ``*_hidden_states``
 (`_named_states`: those widths, then the hidden width times the layers a config list names, concatenated), time-series
 context. Last-resort candidates: codebook-interleaved ids, audio features beside the ids, ``inputs_embeds`` instead of
-ids, 224-pixel images for nets that pool a small default image away; after all of those (so a model an earlier
-candidate runs keeps its inputs), audio features in further (frames, width) layouts (`_feature_layouts`: the width of a
-feature projection, the mel bins of a nested audio config with frames in whole stacking windows, frames stacked 2 or 4
-per row) and image pairs (batch, 2, channels, height, width) for keypoint matchers; then images with their patch grid
-sizes (``target_sizes``), as a batch and packed into one row of patches, and patch volumes (patches, temporal patch,
-patch, patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names
-(`_named_late`): trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``,
-``returns_to_go``, ``timesteps``), tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents
-(``context_input_ids``, ``doc_scores`` for ``n_docs``); also after the image pairs, images at the image sizes of nested
-configs (`_nested_pixels`: a composite whose backbone or prompt encoder states the size); and, for a tower fed its
-parent's features (required arguments no rule builds by name), those arguments by their annotation at the config's
-width, lists as a feature pyramid, with the optional ``*_features`` and position embeddings beside them
-(`_tower_inputs`). Audio by argument name (`_named_audio`): a mel spectrogram (a name
-with ``mel``) at the config's ``input_feat_size`` / mel bins with its paired mask (``<input>_mask``, `_paired_masks`),
-codebook ids (``..._input_ids``, (batch, SEQ, ``num_codebooks``)); among the last resorts (`_timed_audio`,
-`_with_video`): features packed (mel, batch × frames) with their ``feature_lens``, features at one frame per
-``hop_length`` of 16000 samples beside the samples, and each candidate again with a video clip where the forward also
-takes ``pixel_values_videos`` (at a nested timm tower's ``model_args`` img_size where the config names no image size).
-After every other candidate, images whose patch grid splits into whole attention windows with a patch per query
-(`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side, ``num_queries``; a windowed detector backbone).
+ids, 224-pixel images for nets that pool a small default image away; after all of those (so a model an earlier candidate
+runs keeps its inputs), audio features in further (frames, width) layouts (`_feature_layouts`: the width of a feature
+projection, the mel bins of a nested audio config with frames in whole stacking windows, frames stacked 2 or 4 per row)
+and image pairs (batch, 2, channels, height, width) for keypoint matchers; then images with their patch grid sizes
+(``target_sizes``), as a batch and packed into one row of patches, and patch volumes (patches, temporal patch, patch,
+patch, channels) (`_late_patch_layouts`); last, inputs built from optional arguments the forward names (`_named_late`):
+trajectories (``states`` / ``actions`` at the config's ``state_dim`` / ``act_dim``, ``returns_to_go``, ``timesteps``),
+tokens pooled into patches (``patch_ids`` with ``num_patches``), retrieved documents (``context_input_ids``,
+``doc_scores`` for ``n_docs``); also after the image pairs, images at the image sizes of nested configs
+(`_nested_pixels`: a composite whose backbone or prompt encoder states the size); and, for a tower fed its parent's
+features (required arguments no rule builds by name), those arguments by their annotation at the config's width, lists
+as a feature pyramid, with the optional ``*_features`` and position embeddings beside them (`_tower_inputs`). Audio by
+argument name (`_named_audio`): a mel spectrogram (a name with ``mel``) at the config's ``input_feat_size`` / mel bins
+with its paired mask (``<input>_mask``, `_paired_masks`), codebook ids (``..._input_ids``, (batch, SEQ,
+``num_codebooks``)); among the last resorts (`_timed_audio`, `_with_video`): features packed (mel, batch × frames) with
+their ``feature_lens``, features at one frame per ``hop_length`` of 16000 samples beside the samples, and each candidate
+again with a video clip where the forward also takes ``pixel_values_videos`` (at a nested timm tower's ``model_args``
+img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
+attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
+``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
+with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
+batch 1.
 """
 from __future__ import annotations
 
@@ -516,7 +518,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     # after all of those: images in whole attention windows with a patch per query (a windowed detector backbone)
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
-    return out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
+    out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
+    return out + _max_size_pixels(cfg, out)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -596,6 +599,23 @@ def _timed_audio(cfg, params, cands: list[dict]) -> list[dict]:
         out += [{"input_values": v, "input_features": torch.randn(BATCH, t, w, generator=generator()), **mask}
                 for w in widths for v in samples]
     return out
+
+
+def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
+    """Last-resort pixels, after all others, for a config that names the frame size its forward needs
+    (``max_img_size``: a visual prompt laid over each frame at that size): pixel values at that size, with the
+    config's ``num_frames`` frames where it names them (BATCH, frames, channels, size, size), in the first candidate
+    with pixel values only (the most complete: each failed try at that size is slow)."""
+    cs = _vision_cfgs(cfg)
+    size = _first_int(cs, "max_img_size")
+    if not size:
+        return []
+    frames = _first_int(cs, "num_frames")
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    shape = (BATCH, frames, ch, size, size) if frames else (BATCH, ch, size, size)
+    pixels = torch.randn(shape, generator=generator())
+    first = next((c for c in cands if "pixel_values" in c), None)
+    return [{**first, "pixel_values": pixels}] if first else []
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
