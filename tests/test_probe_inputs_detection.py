@@ -6,62 +6,21 @@ past the exactness threshold, and the probe telling an op that returns its input
 in-place one (an ``inplace=True`` dropout, a no-op in eval, still writes into z in training). Tiny configs;
 penalized gradients against the explicit-penalty oracle (`tests/_oracle.py`)."""
 import copy
-import re
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers as T
-from _models import float_outputs, perturbed
+from _models import perturbed
 from _oracle import grads, rel_err
+from test_probe_inputs import TAU, _check
 from torch import nn
 
 import hf_penal
-from hf_penal.discovery.inputs import probe_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import coverage  # noqa: E402
-
-TAU = 1e-2
-
-
-def _probed(model) -> dict:
-    """The first built candidate the model runs on: what the probe ran."""
-    model.eval()
-    for args, kwargs in probe_inputs(model):
-        try:
-            with torch.no_grad():
-                model(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - the probe tries the next candidate too
-            continue
-        return kwargs
-    raise AssertionError("no built candidate runs the model")
-
-
-def _check(model) -> dict:
-    """Sites found with inputs the probe built; penalized gradients = oracle; eval outputs bit-identical."""
-    torch.manual_seed(0)
-    model = perturbed(model)
-    kwargs = _probed(model)
-    found = hf_penal.sites(model)
-    assert found
-    penal = hf_penal.apply(copy.deepcopy(model), tau=TAU)
-
-    def loss(m):
-        torch.manual_seed(0)
-        return sum(t.float().square().mean() for t in float_outputs(m(**kwargs)))
-    model.eval(), penal.eval()
-    with torch.no_grad():
-        a, b = float_outputs(model(**kwargs)), float_outputs(penal(**kwargs))
-    assert a and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
-    zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
-    g_plain, _, _ = grads(model, loss)
-    g_oracle, _, _ = grads(model, loss, zspec, TAU)
-    g_penal, _, _ = grads(penal, loss)
-    assert rel_err(g_oracle, g_plain) > 1e-5
-    assert rel_err(g_penal, g_oracle) < 1e-5
-    return kwargs
 
 
 def test_a_windowed_detector_backbone_gets_pixels_in_whole_windows_with_a_patch_per_query():
@@ -72,7 +31,7 @@ def test_a_windowed_detector_backbone_gets_pixels_in_whole_windows_with_a_patch_
     cfg = T.RfDetrConfig(backbone_config=bb, d_model=32, decoder_layers=1, decoder_self_attention_heads=2,
                          decoder_cross_attention_heads=2, decoder_ffn_dim=64, intermediate_size=64, num_queries=40,
                          group_detr=2)
-    kwargs = _check(T.RfDetrModel(cfg))
+    kwargs = _check(T.RfDetrModel(cfg), None)
     assert kwargs["pixel_values"].shape == (2, 3, 126, 126)
 
 
@@ -83,7 +42,7 @@ def test_a_detector_default_config_without_feature_levels_gets_one_and_runs_at_t
     assert coverage._one_feature_level(T.AutoConfig.for_model("rf_detr")) == {}
     model = coverage.build_transformers("lw_detr", "small")
     assert model.config.num_feature_levels == 1
-    kwargs = _check(model)
+    kwargs = _check(model, None)
     assert kwargs["pixel_values"].shape[-1] ** 2 // 16 ** 2 >= model.config.num_queries
 
 
@@ -158,11 +117,8 @@ class DropoutNet(nn.Module):
         return x
 
 
-def test_an_op_returning_its_input_unchanged_does_not_make_the_site_in_place():
-    torch.manual_seed(0)
-    model, x = perturbed(DropoutNet()), torch.randn(2, 4, 8)
-    found = hf_penal.sites(model, x)
-    assert [s.name for s in found] == ["layers.0.attn", "layers.1.attn"] and not any(s.inplace for s in found)
+def _attn_sites_exact(model, x):
+    """Penalized (probe on `x`) training gradients = the oracle's with the ``layers.N.attn`` outputs penalized."""
     penal = hf_penal.apply(copy.deepcopy(model), tau=TAU, example_inputs=x)
 
     def loss(m):
@@ -172,6 +128,14 @@ def test_an_op_returning_its_input_unchanged_does_not_make_the_site_in_place():
     g_oracle, _, _ = grads(model, loss, [(r"layers\.\d\.attn", None)], TAU)
     g_penal, _, _ = grads(penal, loss)
     assert rel_err(g_oracle, g_plain) > 1e-5 and rel_err(g_penal, g_oracle) < 1e-5
+
+
+def test_an_op_returning_its_input_unchanged_does_not_make_the_site_in_place():
+    torch.manual_seed(0)
+    model, x = perturbed(DropoutNet()), torch.randn(2, 4, 8)
+    found = hf_penal.sites(model, x)
+    assert [s.name for s in found] == ["layers.0.attn", "layers.1.attn"] and not any(s.inplace for s in found)
+    _attn_sites_exact(model, x)
 
 
 class InplaceDropoutBlock(DropoutBlock):
@@ -188,12 +152,4 @@ def test_an_in_place_dropout_still_makes_the_site_in_place_and_training_gradient
     perturbed(model)
     found = hf_penal.sites(model, x)
     assert [s.name for s in found] == ["layers.0.attn", "layers.1.attn"] and all(s.inplace for s in found)
-    penal = hf_penal.apply(copy.deepcopy(model), tau=TAU, example_inputs=x)
-
-    def loss(m):
-        torch.manual_seed(0)
-        return m(x).square().mean()
-    g_plain, _, _ = grads(model, loss)
-    g_oracle, _, _ = grads(model, loss, [(r"layers\.\d\.attn", None)], TAU)
-    g_penal, _, _ = grads(penal, loss)
-    assert rel_err(g_oracle, g_plain) > 1e-5 and rel_err(g_penal, g_oracle) < 1e-5
+    _attn_sites_exact(model, x)

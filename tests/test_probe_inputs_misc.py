@@ -5,19 +5,11 @@ config's ``n_docs``), required ``*_embeds`` / ``*_hidden_states`` (the latter al
 number of layers a config list names); and the coverage benchmark's placeholder id for a Q-Former model whose config
 leaves it unset. Each model is built from a tiny config, penalized with no example inputs given, and checked against
 the explicit-penalty oracle (`test_probe_inputs._check`)."""
-import copy
-import re
 import sys
-from collections import Counter
 from pathlib import Path
 
-import torch
 import transformers as T
-from _models import float_outputs, perturbed
-from _oracle import grads, rel_err
-from test_probe_inputs import TAU, _check, _probed
-
-import hf_penal
+from test_probe_inputs import _check
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import coverage  # noqa: E402
@@ -41,39 +33,14 @@ def test_a_byte_encoder_pooling_tokens_into_patches_gets_patch_ids():
     assert kwargs["patch_ids"].tolist() == [[0, 0, 1, 1, 2, 2, 3, 3]] * 2 and kwargs["num_patches"] == 4
 
 
-def _check_generator(model) -> dict:
-    """`_check` for a retrieval model run without a retriever: its question encoder does not run, so only the
-    generator's sites (under ``generator.``) fire, and the oracle penalizes those; penalized gradients = oracle, eval
-    bit-identical."""
-    torch.manual_seed(0)
-    model = perturbed(model)
-    kwargs = _probed(model)
-    found = hf_penal.sites(model)
-    gen = [s for s in found if s.name.startswith("generator.")]
-    assert Counter(s.kind for s in gen) == {"attention": 2 * L, "cross_attention": L, "mlp": 2 * L}
-    penal = hf_penal.apply(copy.deepcopy(model), tau=TAU)
-
-    def loss(m):
-        torch.manual_seed(0)
-        return sum(t.float().square().mean() for t in float_outputs(m(**kwargs)))
-    model.eval(), penal.eval()
-    with torch.no_grad():
-        a, b = float_outputs(model(**kwargs)), float_outputs(penal(**kwargs))
-    assert a and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
-    zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
-    g_plain, _, _ = grads(model, loss)
-    g_oracle, _, fired = grads(model, loss, zspec, TAU)
-    g_penal, _, _ = grads(penal, loss)
-    assert fired >= len(gen) and rel_err(g_oracle, g_plain) > 1e-5 and rel_err(g_penal, g_oracle) < 1e-5
-    return kwargs
-
-
 def test_a_retrieval_model_without_a_retriever_gets_context_ids_for_n_docs():
+    """Run without a retriever, RAG's question encoder does not run: only the generator's sites (under
+    ``generator.``) must fire, and penalized gradients equal the oracle's on them."""
     q = T.BertConfig(**SMALL, vocab_size=64)
     gen = T.BartConfig(vocab_size=64, d_model=32, encoder_layers=L, decoder_layers=L, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
     cfg = T.RagConfig(question_encoder=q.to_dict(), generator=gen.to_dict(), n_docs=3)
-    kwargs = _check_generator(T.RagModel(cfg))
+    kwargs = _check(T.RagModel(cfg), {"attention": 2 * L, "cross_attention": L, "mlp": 2 * L}, select="generator.")
     assert kwargs["context_input_ids"].shape == (6, 8) and kwargs["doc_scores"].shape == (2, 3)
 
 

@@ -5,7 +5,6 @@ images at the size its latent grid implies; and the coverage benchmark's small c
 tied (`coverage._tied_vision_widths`: compound-scaled conv nets, pixel-shuffle adapters, VQ latent grids). Each model
 is built from a tiny config (or the benchmark's small config), penalized with no example inputs given (the probe
 builds them) and checked against the explicit-penalty oracle on the inputs the probe ran (`_check`)."""
-import copy
 import sys
 from pathlib import Path
 
@@ -18,14 +17,7 @@ import hf_penal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import coverage  # noqa: E402
-
-
-def _small(model_type):
-    cfg = T.AutoConfig.for_model(model_type)
-    before = copy.deepcopy(cfg)
-    coverage._shrink(cfg)
-    coverage._rederive(cfg, before)
-    return cfg
+from test_coverage_shrink import _small_rederived as _small  # noqa: E402
 
 
 def test_images_with_target_sizes_packed_into_one_row_of_patches():
