@@ -96,3 +96,34 @@ def test_a_position_embedding_added_after_a_post_norm_is_not_a_site():
     torch.manual_seed(0)
     expected = [f"layers.{i}.{b}" for i in range(2) for b in ("self_attn", "cross_attn", "mlp")]
     _check(Stack(PostNormLayer), _inputs(0), expected)
+
+
+class InPlaceLayer(nn.Module):
+    """Twins' position convolution: z = proj(x); z += x, then z (now the stream) is used on."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(W, W)
+
+    def forward(self, x, pos):
+        z = self.proj(x)
+        z += x
+        return torch.tanh(z) * z
+
+
+class PartialLayer(nn.Module):
+    """ReXNet: the skip is added to the first channels of z, the other channels of z are passed on."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(W, W)
+
+    def forward(self, x, pos):
+        z, h = self.proj(x), W // 2
+        return torch.cat([z[..., :h] + x[..., :h], z[..., h:]], -1)
+
+
+def test_a_branch_added_into_in_place_or_on_its_first_channels_stays_a_site():
+    torch.manual_seed(0)
+    _check(Stack(InPlaceLayer), _inputs(), ["layers.0.proj", "layers.1.proj"])
+    _check(Stack(PartialLayer), _inputs(), ["layers.0.proj", "layers.1.proj"])

@@ -134,6 +134,7 @@ class _AddWatcher(TorchFunctionMode):
         self.loose: set[str] = set()  # modules whose output met a same-shape add (suggestions when no candidate)
         self.modules = dict(model.named_modules())
         self.uses: dict[tuple, int] = {}  # _key(value) -> ops that computed something new from it (an add included)
+        self.uses_before: dict[int, int] = {}  # id(z) -> its uses before an add wrote into it in place (z += x)
 
     def _born_of(self, t) -> int:
         return self.born.get(id(t), -1)
@@ -168,13 +169,14 @@ class _AddWatcher(TorchFunctionMode):
         return out
 
     def _count_uses(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-        """One more use of each module output among the op's tensor arguments, unless the op's result is that same
-        value (re-laid out, scaled by a constant, modified in place)."""
+        """One more use of each module output among the op's tensor arguments, whole (a slice of it, as where
+        ReXNet adds the skip to its first channels and passes the others on, is not counted), unless the op's result
+        is that same value (re-laid out, scaled by a constant, modified in place)."""
         kept = self.values.get(id(out))
         for a in (*args, *kwargs.values()):
             for t in (a if isinstance(a, (list, tuple)) else (a,)):
                 v = self.values.get(id(t)) if torch.is_tensor(t) else None
-                if v is not None and (kept is None or _key(kept) != _key(v)):
+                if v is not None and t.numel() == v.chain[0][2] and (kept is None or _key(kept) != _key(v)):
                     self.uses[_key(v)] = self.uses.get(_key(v), 0) + 1
 
     def _on_scale(self, a, b, out, name):
@@ -221,7 +223,10 @@ class _AddWatcher(TorchFunctionMode):
             if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
                 continue
             if _numbered(owner):
-                self.branches[tid] = (owner, chain, v, inplace and i == 0 and len(ta) == 1, a.numel())
+                into = inplace and i == 0 and len(ta) == 1
+                self.branches[tid] = (owner, chain, v, into, a.numel())
+                if into:  # z += x: z is the stream from here on, so only its uses before the add count
+                    self.uses_before[tid] = self.uses.get(_key(v), 0)
             else:  # a residual add outside numbered layers: only a suggestion
                 self.candidates.add(chain[-1][0])
 
@@ -267,8 +272,12 @@ class _AddWatcher(TorchFunctionMode):
         module with other uses, like Swin's one `dropout` that serves both branches, one of them inside a longer
         chain, is passed over for the module inside it)."""
         # a branch output that is also used outside its add (a normed stream that is also attention's value or the
-        # next residual, plus a position embedding: ``q = norm(x) + pos``) is the stream, not a branch
-        self.branches = {tid: b for tid, b in self.branches.items() if self.uses.get(_key(b[2]), 0) <= 1}
+        # next residual, plus a position embedding: ``q = norm(x) + pos``; a Res2Net split's output, also a part of
+        # the block's output) is the stream, not a branch; added into in place (``z += x``), only its uses before
+        # the add count (after it, z is the stream)
+        def alone(tid, b):
+            return self.uses_before[tid] == 0 if tid in self.uses_before else self.uses.get(_key(b[2]), 0) <= 1
+        self.branches = {tid: b for tid, b in self.branches.items() if alone(tid, b)}
         level = {tid: len(b[1]) - 1 for tid, b in self.branches.items()}
         while True:
             picks: dict[str, int] = {}
