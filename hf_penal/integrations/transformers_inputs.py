@@ -243,7 +243,17 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return _named_states(cfg, name) or _named_audio(cfg, name, required)
+    return _named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+
+
+def _sub_vocab_ids(cfg, name: str) -> list | None:
+    """Token ids of a sub-model's own vocabulary, for a required ``<prefix>_input_ids`` where the config has a
+    ``<prefix>_config`` with a ``vocab_size`` (``qformer_input_ids`` of ``qformer_config``: a Q-Former's instruction
+    ids); None otherwise."""
+    if not name.endswith("_input_ids"):
+        return None
+    sub = getattr(cfg, name[:-len("_input_ids")] + "_config", None)
+    return [_token_ids(sub)] if _first_int([sub], "vocab_size") else None
 
 
 def _named_states(cfg, name: str) -> list | None:
@@ -519,7 +529,21 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out)
+    out = out + _max_size_pixels(cfg, out)
+    return out + _cross_states(cfg, params, out)
+
+
+def _cross_states(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward whose cross-attention states are optional (``encoder_hidden_states``, not
+    required) on a config that states their width (``encoder_hidden_size``: a Q-Former run alone, whose
+    cross-attention layers need the vision tower's states): each candidate without them again, with them (BATCH,
+    SEQ, that width)."""
+    p = params.get("encoder_hidden_states")
+    width = _first_int([cfg], "encoder_hidden_size")
+    if p is None or p.default is inspect.Parameter.empty or not width:
+        return []
+    states = torch.randn(BATCH, SEQ, width, generator=generator())
+    return [{**c, "encoder_hidden_states": states} for c in cands if "encoder_hidden_states" not in c]
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
