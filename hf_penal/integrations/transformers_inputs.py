@@ -530,7 +530,28 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
     out = out + _max_size_pixels(cfg, out)
-    return out + _cross_states(cfg, params, out)
+    out = out + _cross_states(cfg, params, out)
+    return out + _image_sets(params, out)
+
+
+def _image_sets(params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward that takes ``pixel_values``: each candidate with images (BATCH, channels, h, w)
+    again as one-image sets (BATCH, 1, channels, h, w): a model that takes a number-of-images (or frames) axis;
+    with an all-ones ``image_attention_mask`` (BATCH, text length, 1) where the forward takes one and the candidate
+    has token ids (each token attends to the sample's image)."""
+    if "pixel_values" not in params:
+        return []
+    out = []
+    for c in cands:
+        x = c.get("pixel_values")
+        if not torch.is_tensor(x) or x.dim() != 4:
+            continue
+        c = {**c, "pixel_values": x.unsqueeze(1)}
+        ids = c.get("input_ids")
+        if "image_attention_mask" in params and "image_attention_mask" not in c and torch.is_tensor(ids):
+            c["image_attention_mask"] = torch.ones(*ids.shape[:2], 1, dtype=torch.long)
+        out.append(c)
+    return out
 
 
 def _cross_states(cfg, params, cands: list[dict]) -> list[dict]:
