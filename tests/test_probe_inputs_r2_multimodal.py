@@ -2,13 +2,16 @@
 the config's ``encoder_hidden_size``; a required ``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary
 (InstructBLIP's ``qformer_input_ids``); a forward that takes a number-of-images / frames axis gets one-image sets
 (batch, 1, C, H, W), with an all-ones ``image_attention_mask`` where it takes one; and the coverage benchmark sets a
-Q-Former model's unset video placeholder id. Each model is built from a tiny config, penalized with no example
+Q-Former model's unset video placeholder id; and the probe counts a branch scaled by a gate computed from parameters
+alone (Idefics' ``tanh(alpha)`` of an ``nn.Tanh`` module) as scaled by a constant. Each model is built from a tiny config, penalized with no example
 inputs given, and checked against the explicit-penalty oracle (`test_probe_inputs._check`)."""
 import sys
 from pathlib import Path
 
 import transformers as T
 from test_probe_inputs import L, _check
+
+import hf_penal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import coverage  # noqa: E402
@@ -46,11 +49,25 @@ def test_a_video_q_former_model_gets_frames_and_its_video_placeholder_id():
     assert kwargs["pixel_values"].shape == (2, 1, 3, 32, 32) and "qformer_input_ids" in kwargs
 
 
-def test_an_image_set_model_gets_one_image_a_sample_with_an_image_attention_mask():
+def _idefics():
     cfg = T.IdeficsConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=2,
                           vocab_size=64, additional_vocab_size=2, cross_layer_interval=1, use_resampler=False,
                           vision_config=dict(embed_dim=32, image_size=32, patch_size=8, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64))
-    kwargs = _check(T.IdeficsModel(cfg), None)
+    return T.IdeficsModel(cfg)
+
+
+def test_an_image_set_model_gets_one_image_a_sample_with_an_image_attention_mask():
+    kwargs = _check(_idefics(), None)
     assert kwargs["pixel_values"].shape == (2, 1, 3, 32, 32)
     assert kwargs["image_attention_mask"].shape == (2, 8, 1)
+
+
+def test_a_branch_gated_by_a_module_of_a_parameter_is_a_site():
+    """Idefics' gated cross-attention layer: x + tanh(alpha) · mlp(x), tanh an nn.Tanh module applied to the
+    parameter alpha: a learned constant gate, so the MLP is a site in each such layer (its cross-attention output
+    goes through a per-token masked_fill first: not a site)."""
+    model = _idefics()
+    _check(model, None)
+    names = {s.name for s in hf_penal.sites(model)}
+    assert {f"gated_cross_attn_layers.{i}.mlp" for i in range(L)} <= names
