@@ -5,7 +5,8 @@ branch, provided z is used only in that add: a position embedding added to the n
 the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
 all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per branch), and values keep
 their identity through shape-only ops (view, permute, roll, pad, slicing: windowed attention) and scaling by a
-constant (a number, a learned scale, or a gate computed from parameters alone: tanh(alpha)). A probe that cannot run the model raises `ProbeFailedError`."""
+constant (a number, a learned scale, or a gate computed from parameters alone: tanh(alpha)). A probe that cannot
+run the model raises `ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
