@@ -1,10 +1,11 @@
 """Probe inputs for Q-Former models and image sets: a Q-Former run alone gets its optional cross-attention states at
 the config's ``encoder_hidden_size``; a required ``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary
 (InstructBLIP's ``qformer_input_ids``); a forward that takes a number-of-images / frames axis gets one-image sets
-(batch, 1, C, H, W), with an all-ones ``image_attention_mask`` where it takes one; and the coverage benchmark sets a
+(batch, 1, C, H, W), with an all-ones ``image_attention_mask`` where it takes one; the coverage benchmark sets a
 Q-Former model's unset video placeholder id; and the probe counts a branch scaled by a gate computed from parameters
-alone (Idefics' ``tanh(alpha)`` of an ``nn.Tanh`` module) as scaled by a constant. Each model is built from a tiny config, penalized with no example
-inputs given, and checked against the explicit-penalty oracle (`test_probe_inputs._check`)."""
+alone (Idefics' ``tanh(alpha)`` of an ``nn.Tanh`` module) as scaled by a constant. Each model is built from a tiny
+config, penalized with no example inputs given, and checked against the explicit-penalty oracle
+(`test_probe_inputs._check`)."""
 import sys
 from pathlib import Path
 
