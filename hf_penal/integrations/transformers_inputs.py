@@ -31,9 +31,12 @@ their ``feature_lens``, features at one frame per ``hop_length`` of 16000 sample
 again with a video clip where the forward also takes ``pixel_values_videos`` (at a nested timm tower's ``model_args``
 img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
-``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
-with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
-batch 1.
+``num_queries``; a windowed detector backbone). Then pixels at the frame size a config names (``max_img_size``,
+with its ``num_frames`` frames: `_max_size_pixels`); then each candidate with optional cross-attention states at the
+config's ``encoder_hidden_size`` (a Q-Former alone, `_cross_states`); last of all, images as one-image sets (batch, 1,
+channels, h, w) with an all-ones ``image_attention_mask`` where the forward takes one (`_image_sets`). A required
+``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary (``qformer_input_ids``, `_sub_vocab_ids`).
+`hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
