@@ -637,11 +637,13 @@ def _shallow(cfg, seen=None) -> None:
 def _placeholder_token(cfg) -> None:
     """A config whose forward scatters a Q-Former's queries (``num_query_tokens``) into image placeholder tokens but
     that leaves the placeholder id unset (``image_token_id`` None: Blip-2's default, whose forward cannot run without
-    one) gets the last id of its text vocabulary (in place; a config that sets it keeps its own)."""
+    one) gets the last id of its text vocabulary (in place; a config that sets it keeps its own); likewise an unset
+    video placeholder id (``video_token_id``: InstructBlipVideo's)."""
     text = getattr(cfg, "text_config", None)
     vocab = _int(text, "vocab_size") if text is not None else None
-    if _int(cfg, "num_query_tokens") and vocab and hasattr(cfg, "image_token_id") and cfg.image_token_id is None:
-        _set(cfg, "image_token_id", vocab - 1)
+    for name in ("image_token_id", "video_token_id"):
+        if _int(cfg, "num_query_tokens") and vocab and hasattr(cfg, name) and getattr(cfg, name) is None:
+            _set(cfg, name, vocab - 1)
 
 
 def own_model_class(config_class: type):

@@ -5,7 +5,8 @@ branch, provided z is used only in that add: a position embedding added to the n
 the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
 all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per branch), and values keep
 their identity through shape-only ops (view, permute, roll, pad, slicing: windowed attention) and scaling by a
-constant. A probe that cannot run the model raises `ProbeFailedError`."""
+constant (a number, a learned scale, or a gate computed from parameters alone: tanh(alpha)). A probe that cannot
+run the model raises `ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses
@@ -135,6 +136,7 @@ class _AddWatcher(TorchFunctionMode):
         self.modules = dict(model.named_modules())
         self.uses: dict[tuple, int] = {}  # _key(value) -> ops that computed something new from it (an add included)
         self.uses_before: dict[int, int] = {}  # id(z) -> its uses before an add wrote into it in place (z += x)
+        self.learned: set[int] = set()  # ids of tensors computed from parameters alone (`_note_learned`)
 
     def _born_of(self, t) -> int:
         return self.born.get(id(t), -1)
@@ -158,6 +160,7 @@ class _AddWatcher(TorchFunctionMode):
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
+        self._note_learned(args, kwargs, out)
         src = args[0] if args and torch.is_tensor(args[0]) else None
         if name in _SHAPE_OPS and src is not None:
             self.born[id(out)] = self._born_of(src)
@@ -179,13 +182,23 @@ class _AddWatcher(TorchFunctionMode):
                 if v is not None and t.numel() == v.chain[0][2] and (kept is None or _key(kept) != _key(v)):
                     self.uses[_key(v)] = self.uses.get(_key(v), 0) + 1
 
+    def _note_learned(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """Records `out` as learned (computed from parameters alone, through any ops or modules: a gate
+        ``tanh(alpha)`` of an ``nn.Tanh`` module on a parameter) where every tensor argument is a parameter or learned,
+        so that a branch scaled by it counts as scaled by a constant (`_on_scale`)."""
+        ts = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))
+              if torch.is_tensor(t)]
+        if ts and all(isinstance(t, nn.Parameter) or id(t) in self.learned for t in ts):
+            self.learned.add(id(out))
+
     def _on_scale(self, a, b, out, name):
         for t, c in ((a, b), (b, a)) if name in ("mul", "__mul__", "__rmul__") else ((a, b),):
             v = self.values.get(id(t)) if torch.is_tensor(t) else None
             if v is None or t.shape != out.shape:
                 continue
             constant = isinstance(c, (int, float)) or (torch.is_tensor(c) and c.numel() < out.numel()
-                                                       and id(c) not in self.values and not _per_sample(c, out))
+                                                       and (id(c) not in self.values or id(c) in self.learned)
+                                                       and not _per_sample(c, out))
             if constant:
                 self.values[id(out)] = dataclasses.replace(v, scaled_after=len(v.chain))
                 self.born[id(out)] = self._born_of(t)

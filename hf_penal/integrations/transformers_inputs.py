@@ -31,9 +31,12 @@ their ``feature_lens``, features at one frame per ``hop_length`` of 16000 sample
 again with a video clip where the forward also takes ``pixel_values_videos`` (at a nested timm tower's ``model_args``
 img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
-``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
-with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
-batch 1.
+``num_queries``; a windowed detector backbone). Then pixels at the frame size a config names (``max_img_size``,
+with its ``num_frames`` frames: `_max_size_pixels`); then each candidate with optional cross-attention states at the
+config's ``encoder_hidden_size`` (a Q-Former alone, `_cross_states`); last of all, images as one-image sets (batch, 1,
+channels, h, w) with an all-ones ``image_attention_mask`` where the forward takes one (`_image_sets`). A required
+``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary (``qformer_input_ids``, `_sub_vocab_ids`).
+`hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -243,7 +246,17 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return _named_states(cfg, name) or _named_audio(cfg, name, required)
+    return _named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+
+
+def _sub_vocab_ids(cfg, name: str) -> list | None:
+    """Token ids of a sub-model's own vocabulary, for a required ``<prefix>_input_ids`` where the config has a
+    ``<prefix>_config`` with a ``vocab_size`` (``qformer_input_ids`` of ``qformer_config``: a Q-Former's instruction
+    ids); None otherwise."""
+    if not name.endswith("_input_ids"):
+        return None
+    sub = getattr(cfg, name[:-len("_input_ids")] + "_config", None)
+    return [_token_ids(sub)] if _first_int([sub], "vocab_size") else None
 
 
 def _named_states(cfg, name: str) -> list | None:
@@ -519,7 +532,42 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out)
+    out = out + _max_size_pixels(cfg, out)
+    out = out + _cross_states(cfg, params, out)
+    return out + _image_sets(params, out)
+
+
+def _image_sets(params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward that takes ``pixel_values``: each candidate with images (BATCH, channels, h, w)
+    again as one-image sets (BATCH, 1, channels, h, w): a model that takes a number-of-images (or frames) axis;
+    with an all-ones ``image_attention_mask`` (BATCH, text length, 1) where the forward takes one and the candidate
+    has token ids (each token attends to the sample's image)."""
+    if "pixel_values" not in params:
+        return []
+    out = []
+    for c in cands:
+        x = c.get("pixel_values")
+        if not torch.is_tensor(x) or x.dim() != 4:
+            continue
+        c = {**c, "pixel_values": x.unsqueeze(1)}
+        ids = c.get("input_ids")
+        if "image_attention_mask" in params and "image_attention_mask" not in c and torch.is_tensor(ids):
+            c["image_attention_mask"] = torch.ones(*ids.shape[:2], 1, dtype=torch.long)
+        out.append(c)
+    return out
+
+
+def _cross_states(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward whose cross-attention states are optional (``encoder_hidden_states``, not
+    required) on a config that states their width (``encoder_hidden_size``: a Q-Former run alone, whose
+    cross-attention layers need the vision tower's states): each candidate without them again, with them (BATCH,
+    SEQ, that width)."""
+    p = params.get("encoder_hidden_states")
+    width = _first_int([cfg], "encoder_hidden_size")
+    if p is None or p.default is inspect.Parameter.empty or not width:
+        return []
+    states = torch.randn(BATCH, SEQ, width, generator=generator())
+    return [{**c, "encoder_hidden_states": states} for c in cands if "encoder_hidden_states" not in c]
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
