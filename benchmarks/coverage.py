@@ -522,6 +522,30 @@ def _source_fields(cfg, before, seen=None) -> None:
                 continue
 
 
+def _stage_doubled_widths(cfg, before) -> None:
+    """A hierarchical tower's output width (a ``_WIDTH`` field, ``hidden_size``) that before shrinking was another
+    prefixed width field of the same config (``<prefix>_hidden_size`` / ``<prefix>_embed_dim``, not itself a
+    ``_WIDTH`` field: the first stage's) doubled at each stage after the first (× 2^(len(depths) - 1): CLAP's audio
+    Swin, whose projection reads hidden_size while its last stage outputs patch_embeds_hidden_size × 8), kept so
+    after shrinking (in place; sub-configs too). Towers whose first-stage width is a ``_WIDTH`` field (Swin's
+    embed_dim) are left as they are."""
+    for c, b in _configs_with(cfg, before):
+        depths = getattr(b, "depths", None)
+        if not (isinstance(depths, (list, tuple)) and len(depths) > 1):
+            continue
+        r = 2 ** (len(depths) - 1)
+        for f in _WIDTH:
+            old, new = _int(b, f), _int(c, f)
+            if not old or not new or f in (getattr(c, "attribute_map", {}) or {}):
+                continue
+            for g in vars(b):
+                first, now = _int(b, g), _int(c, g)
+                if g not in _WIDTH and re.search(r"hidden_size|embed_dim", g) and first and now and old == first * r:
+                    if new != now * r:
+                        _set(c, f, now * r)
+                    break
+
+
 def _width_sums(cfg, before, seen=None) -> None:
     """A field whose default is the sum of the config's and one sub-config's ``hidden_size`` (a codec's
     quantization_dim over its acoustic and semantic encoders' concatenated features) set to the sum of the shrunk
@@ -705,6 +729,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
+        _stage_doubled_widths(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

@@ -626,7 +626,9 @@ def _side_inputs(cfg, params, cands: list[dict]) -> list[dict]:
     optional ``last_hidden_state``: (BATCH, tokens, width) at the widths of `_states`), and with layout boxes
     (``bbox``: (BATCH, tokens, 4) as normalised x0 < x1, y0 < y1); ids with one column per channel (BATCH, SEQ, n)
     where the config names ``num_codebooks`` / ``num_channels`` and no image size (codebook ids by channel), also
-    with ``encoder_hidden_states`` at the config's ``cross_hidden_size`` and the widths of `_states`; and a
+    with ``encoder_hidden_states`` at the config's ``cross_hidden_size`` and the widths of `_states`; audio features
+    with a channel axis where the (audio) config names ``patch_embed_input_channels`` (a spectrogram embedded as an
+    image: (BATCH, channels, 2 × mel, mel), in the first candidate with features); and a
     time series' context at the config's ``context_length`` × ``num_input_channels`` (``past_values``)."""
     g, out = generator(), []
     texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
@@ -653,6 +655,12 @@ def _side_inputs(cfg, params, cands: list[dict]) -> list[dict]:
             cross = _first_int([cfg], "cross_hidden_size", "encoder_hidden_size")
             widths = dict.fromkeys(([cross] if cross else []) + [x.shape[-1] for x in _states(cfg)])
             out += [{**ids, "encoder_hidden_states": torch.randn(BATCH, SEQ, w, generator=g)} for w in widths]
+    a = _sub(cfg, "audio_config", "encoder_config")
+    chans = _first_int([a], "patch_embed_input_channels")
+    first = next((c for c in cands if torch.is_tensor(c.get("input_features"))), None)
+    if chans and first is not None:  # spectrogram crops as image channels: (BATCH, crops, frames, mel bins)
+        mel = _first_int([a], "num_mel_bins", "feature_size", default=80)
+        out.append({**first, "input_features": torch.randn(BATCH, chans, 2 * mel, mel, generator=g)})
     ctx = _first_int([cfg], "context_length")
     if "past_values" in params and ctx:
         chans = _first_int([cfg], "num_input_channels", default=1)
