@@ -637,8 +637,29 @@ def _last_layers(cfg) -> None:
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
 # the depth shrunk, then the model type's default config, where that has at most _MAX_PARAMS parameters
-_LEVELS = ("small", "small-kv", "shallow", "default")  # small-kv: as many key/value heads as query heads
+_LEVELS = ("small", "small-kv", "shallow", "default", "small-heads")  # small-kv: as many key/value heads as query
+# heads; small-heads (last: a model another level runs keeps that level): the default head counts (`_default_heads`)
 _MAX_PARAMS = 200_000_000
+
+
+def _default_heads(cfg, before) -> None:
+    """The small config with each (sub-)config's default attention-head counts (`before`: the config before
+    shrinking) and its widths grown with them, so the head width stays the small one: widths (``_WIDTH`` fields) ×
+    default / small heads (at most their defaults), key/value heads = heads, head_dim recomputed (`_consistent`). For
+    a forward that splits heads into a fixed number of groups the shrunk head count does not divide (CodeGen's
+    qkv in 4 model-parallel groups): a last retry level, after the default config."""
+    for c, b in _configs_with(cfg, before):
+        heads = [k for k in _HEADS if k not in _KV_HEADS and _int(c, k) and _int(b, k) and _int(b, k) > _int(c, k)]
+        if not heads:
+            continue
+        r = max(_int(b, k) // _int(c, k) for k in heads)
+        for k in heads:
+            _set(c, k, _int(b, k))
+        aliases = getattr(c, "attribute_map", {}) or {}
+        for k in _WIDTH:
+            if k not in aliases and _int(c, k) and _int(b, k) and _int(c, k) < _int(b, k):
+                _set(c, k, min(_int(c, k) * r, _int(b, k)))
+        _consistent(c, None)
 
 
 def _shallow(cfg, seen=None) -> None:
@@ -723,13 +744,15 @@ def build_transformers(model_type: str, level: str = "small"):
     cfg = T.AutoConfig.for_model(model_type)
     cfg = T.AutoConfig.for_model(model_type, **_one_feature_level(cfg))
     before = copy.deepcopy(cfg)
-    if level in ("small", "small-kv"):
+    if level in ("small", "small-kv", "small-heads"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
         _sibling_widths(cfg, before)
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
         _stage_doubled_widths(cfg, before)
+        if level == "small-heads":
+            _default_heads(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
