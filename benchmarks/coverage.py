@@ -26,6 +26,11 @@ gradient from the loss (`_sites_without_grad`: the penalty's backward never runs
 reaches them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a per-model time
 limit; a worker that dies is replaced and the model recorded as crashed.
 
+Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
+audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
+default head counts at the small head width (`_default_heads`: a forward that splits heads into a fixed number of
+groups, CodeGen's 4).
+
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
 hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
@@ -1108,7 +1113,7 @@ _NO_RETRY = re.compile(r"missing \d+ required|You (have|must) to specify|You mus
 def run_one(library: str, name: str, timeout: float) -> dict:
     """One model; a transformers model that fails at the small config (the benchmark's shrinking can make a config
     inconsistent) is retried with as many key/value heads as query heads, then at the shallow, then the default
-    config. The record is the first level that runs, or
+    config, then with the default head counts (`_default_heads`). The record is the first level that runs, or
     the small level's failure with the later levels' causes appended."""
     first = rec = _run_level(library, name, "small", timeout)
     if library != "transformers" or _NO_RETRY.search(rec.get("cause", "")):

