@@ -634,7 +634,6 @@ def _side_inputs(cfg, params, cands: list[dict]) -> list[dict]:
     with a channel axis where the (audio) config names ``patch_embed_input_channels`` (a spectrogram embedded as an
     image: (BATCH, channels, 2 × mel, mel), in the first candidate with features); and a
     time series' context at the config's ``context_length`` × ``num_input_channels`` (``past_values``)."""
-    return []
     g, out = generator(), []
     texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
     texts = [c for i, c in enumerate(texts) if all(c.keys() != d.keys() or any(
