@@ -26,6 +26,11 @@ gradient from the loss (`_sites_without_grad`: the penalty's backward never runs
 reaches them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a per-model time
 limit; a worker that dies is replaced and the model recorded as crashed.
 
+Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
+audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
+default head counts at the small head width (`_default_heads`: a forward that splits heads into a fixed number of
+groups, CodeGen's 4).
+
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
 hidden states, NaFlex patches), so shrinking the config here (widths, per-stage width lists scaled together, projection
@@ -522,6 +527,30 @@ def _source_fields(cfg, before, seen=None) -> None:
                 continue
 
 
+def _stage_doubled_widths(cfg, before) -> None:
+    """A hierarchical tower's output width (a ``_WIDTH`` field, ``hidden_size``) that before shrinking was another
+    prefixed width field of the same config (``<prefix>_hidden_size`` / ``<prefix>_embed_dim``, not itself a
+    ``_WIDTH`` field: the first stage's) doubled at each stage after the first (× 2^(len(depths) - 1): CLAP's audio
+    Swin, whose projection reads hidden_size while its last stage outputs patch_embeds_hidden_size × 8), kept so
+    after shrinking (in place; sub-configs too). Towers whose first-stage width is a ``_WIDTH`` field (Swin's
+    embed_dim) are left as they are."""
+    for c, b in _configs_with(cfg, before):
+        depths = getattr(b, "depths", None)
+        if not (isinstance(depths, (list, tuple)) and len(depths) > 1):
+            continue
+        r = 2 ** (len(depths) - 1)
+        for f in _WIDTH:
+            old, new = _int(b, f), _int(c, f)
+            if not old or not new or f in (getattr(c, "attribute_map", {}) or {}):
+                continue
+            for g in vars(b):
+                first, now = _int(b, g), _int(c, g)
+                if g not in _WIDTH and re.search(r"hidden_size|embed_dim", g) and first and now and old == first * r:
+                    if new != now * r:
+                        _set(c, f, now * r)
+                    break
+
+
 def _width_sums(cfg, before, seen=None) -> None:
     """A field whose default is the sum of the config's and one sub-config's ``hidden_size`` (a codec's
     quantization_dim over its acoustic and semantic encoders' concatenated features) set to the sum of the shrunk
@@ -613,8 +642,29 @@ def _last_layers(cfg) -> None:
 
 # a model at the benchmark's small config that fails to build or run is retried at these levels: widths kept, only
 # the depth shrunk, then the model type's default config, where that has at most _MAX_PARAMS parameters
-_LEVELS = ("small", "small-kv", "shallow", "default")  # small-kv: as many key/value heads as query heads
+_LEVELS = ("small", "small-kv", "shallow", "default", "small-heads")  # small-kv: as many key/value heads as query
+# heads; small-heads (last: a model another level runs keeps that level): the default head counts (`_default_heads`)
 _MAX_PARAMS = 200_000_000
+
+
+def _default_heads(cfg, before) -> None:
+    """The small config with each (sub-)config's default attention-head counts (`before`: the config before
+    shrinking) and its widths grown with them, so the head width stays the small one: widths (``_WIDTH`` fields) ×
+    default / small heads (at most their defaults), key/value heads = heads, head_dim recomputed (`_consistent`). For
+    a forward that splits heads into a fixed number of groups the shrunk head count does not divide (CodeGen's
+    qkv in 4 model-parallel groups): a last retry level, after the default config."""
+    for c, b in _configs_with(cfg, before):
+        heads = [k for k in _HEADS if k not in _KV_HEADS and _int(c, k) and _int(b, k) and _int(b, k) > _int(c, k)]
+        if not heads:
+            continue
+        r = max(_int(b, k) // _int(c, k) for k in heads)
+        for k in heads:
+            _set(c, k, _int(b, k))
+        aliases = getattr(c, "attribute_map", {}) or {}
+        for k in _WIDTH:
+            if k not in aliases and _int(c, k) and _int(b, k) and _int(c, k) < _int(b, k):
+                _set(c, k, min(_int(c, k) * r, _int(b, k)))
+        _consistent(c, None)
 
 
 def _shallow(cfg, seen=None) -> None:
@@ -701,12 +751,15 @@ def build_transformers(model_type: str, level: str = "small"):
     cfg = T.AutoConfig.for_model(model_type)
     cfg = T.AutoConfig.for_model(model_type, **_one_feature_level(cfg))
     before = copy.deepcopy(cfg)
-    if level in ("small", "small-kv"):
+    if level in ("small", "small-kv", "small-heads"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
         _sibling_widths(cfg, before)
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
+        _stage_doubled_widths(cfg, before)
+        if level == "small-heads":
+            _default_heads(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
@@ -1062,7 +1115,7 @@ _NO_RETRY = re.compile(r"missing \d+ required|You (have|must) to specify|You mus
 def run_one(library: str, name: str, timeout: float) -> dict:
     """One model; a transformers model that fails at the small config (the benchmark's shrinking can make a config
     inconsistent) is retried with as many key/value heads as query heads, then at the shallow, then the default
-    config. The record is the first level that runs, or
+    config, then with the default head counts (`_default_heads`). The record is the first level that runs, or
     the small level's failure with the later levels' causes appended."""
     first = rec = _run_level(library, name, "small", timeout)
     if library != "transformers" or _NO_RETRY.search(rec.get("cause", "")):

@@ -33,9 +33,14 @@ img_size where the config names no image size). After every other candidate, ima
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
 ``num_queries``; a windowed detector backbone). Then pixels at the frame size a config names (``max_img_size``,
 with its ``num_frames`` frames: `_max_size_pixels`); then each candidate with optional cross-attention states at the
-config's ``encoder_hidden_size`` (a Q-Former alone, `_cross_states`); last of all, images as one-image sets (batch, 1,
-channels, h, w) with an all-ones ``image_attention_mask`` where the forward takes one (`_image_sets`). A required
-``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary (``qformer_input_ids``, `_sub_vocab_ids`).
+config's ``encoder_hidden_size`` (a Q-Former alone, `_cross_states`); then images as one-image sets (batch, 1,
+channels, h, w) with an all-ones ``image_attention_mask`` where the forward takes one (`_image_sets`); last of all,
+inputs beside the ids or from config fields (`_side_inputs`): ids into a list a config field names (``lang_ids`` for
+``languages``), a parent's ``last_hidden_state``, layout ``bbox``, ids with a column per codebook channel
+(``num_codebooks`` / ``num_channels``, with ``encoder_hidden_states`` at ``cross_hidden_size``), audio features with a
+channel axis (``patch_embed_input_channels``), ``past_values`` at ``context_length`` × ``num_input_channels``. A
+required ``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary (``qformer_input_ids``,
+`_sub_vocab_ids`).
 `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
@@ -534,7 +539,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
     out = out + _max_size_pixels(cfg, out)
     out = out + _cross_states(cfg, params, out)
-    return out + _image_sets(params, out)
+    out = out + _image_sets(params, out)
+    return out + _side_inputs(cfg, params, out)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -664,6 +670,71 @@ def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     pixels = torch.randn(shape, generator=generator())
     first = next((c for c in cands if "pixel_values" in c), None)
     return [{**first, "pixel_values": pixels}] if first else []
+
+
+def _side_inputs(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all (a model an earlier candidate runs keeps its inputs), inputs beside the ids or from config fields,
+    by the forward's argument names: each text candidate (``input_ids`` / ``inputs_embeds``) with ids into a list a
+    config field names (`_listed_ids`: ``lang_ids`` for ``languages``), with the states of a parent model (an
+    optional ``last_hidden_state``: (BATCH, tokens, width) at the widths of `_states`), and with layout boxes
+    (``bbox``: (BATCH, tokens, 4) as normalised x0 < x1, y0 < y1); ids with one column per channel (BATCH, SEQ, n)
+    where the config names ``num_codebooks`` / ``num_channels`` and no image size (codebook ids by channel), also
+    with ``encoder_hidden_states`` at the config's ``cross_hidden_size`` and the widths of `_states`; audio features
+    with a channel axis where the (audio) config names ``patch_embed_input_channels`` (a spectrogram embedded as an
+    image: (BATCH, channels, 2 × mel, mel), in the first candidate with features); and a
+    time series' context at the config's ``context_length`` × ``num_input_channels`` (``past_values``)."""
+    g, out = generator(), []
+    texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
+    texts = [c for i, c in enumerate(texts) if all(c.keys() != d.keys() or any(
+        c[k].shape != d[k].shape for k in c if torch.is_tensor(c[k])) for d in texts[:i])]  # one per layout
+    listed = _listed_ids(cfg, params)
+    for c in texts:
+        ids = c.get("input_ids", c.get("inputs_embeds"))
+        n, b = ids.shape[1], ids.shape[0]
+        if listed:
+            out.append({**c, **{k: v[:b] if len(v) >= b else v.repeat(b)[:b] for k, v in listed.items()}})
+        if "last_hidden_state" in params and "last_hidden_state" not in c:
+            out += [{**c, "last_hidden_state": torch.randn(b, n, w.shape[-1], generator=g)} for w in _states(cfg)]
+        if "bbox" in params and "bbox" not in c:
+            lo, hi = torch.rand(b, n, 2, generator=g) * 0.5, 0.5 + torch.rand(b, n, 2, generator=g) * 0.5
+            out.append({**c, "bbox": torch.stack([lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1]], -1)})
+    text = _sub(cfg, "text_config", "decoder", "text_encoder")
+    books = _first_int([text], "num_codebooks", "num_channels")
+    if "input_ids" in params and books and books > 1 and not _first_int([text], "image_size"):
+        extra = {"use_cache": False} if "use_cache" in params else {}
+        ids = {"input_ids": torch.stack([_token_ids(text)] * books, -1), **extra}
+        out.append(ids)
+        if "encoder_hidden_states" in params:  # a decoder that cross-attends unconditionally: its encoder's states
+            cross = _first_int([cfg], "cross_hidden_size", "encoder_hidden_size")
+            widths = dict.fromkeys(([cross] if cross else []) + [x.shape[-1] for x in _states(cfg)])
+            out += [{**ids, "encoder_hidden_states": torch.randn(BATCH, SEQ, w, generator=g)} for w in widths]
+    a = _sub(cfg, "audio_config", "encoder_config")
+    chans = _first_int([a], "patch_embed_input_channels")
+    first = next((c for c in cands if torch.is_tensor(c.get("input_features"))), None)
+    if chans and first is not None:  # spectrogram crops as image channels: (BATCH, crops, frames, mel bins)
+        mel = _first_int([a], "num_mel_bins", "feature_size", default=80)
+        out.append({**first, "input_features": torch.randn(BATCH, chans, 2 * mel, mel, generator=g)})
+    ctx = _first_int([cfg], "context_length")
+    if "past_values" in params and ctx:
+        chans = _first_int([cfg], "num_input_channels", default=1)
+        out.append({"past_values": torch.randn(BATCH, ctx, chans, generator=g)})
+    return out
+
+
+def _listed_ids(cfg, params) -> dict:
+    """Ids into a list a config field names, for an optional ``<stem>_ids`` argument whose stem starts the name of a
+    config field holding a list of strings (``lang_ids`` and ``languages``: one adapter per language): (BATCH,),
+    sample i the i-th entry (cycling)."""
+    out = {}
+    for n in params:
+        stem = n[:-len("_ids")] if n.endswith("_ids") else ""
+        if len(stem) < 3 or stem in ("input", "position", "token_type", "decoder_input"):
+            continue
+        for k, v in vars(cfg).items():
+            if k.startswith(stem) and isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v):
+                out[n] = torch.arange(BATCH) % len(v)
+                break
+    return out
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
