@@ -842,6 +842,20 @@ def _seeded_loss(args, kwargs):
     return loss
 
 
+def _copy_model(model):
+    """A deep copy of `model` whose tensors cached in module attributes by an earlier forward (a recurrent layer's
+    state kept for decoding: RecurrentGemma's ``recurrent_states``, ``conv1d_state``) are copied detached: torch's
+    deepcopy refuses a tensor that is not a graph leaf, and the check copies the model after training forwards."""
+    import torch
+
+    memo = {}
+    for mod in model.modules():
+        for v in vars(mod).values():
+            if torch.is_tensor(v) and v.grad_fn is not None:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     """A float32 comparison that missed `_EXACT`, measured again in float64 where float32 cannot resolve it: where the
     oracle's own gradients move by more than a tenth of `_EXACT` when tau moves by 1e-6 (its rounding is amplified
@@ -862,14 +876,14 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     def wide(v):
         return v.double() if torch.is_tensor(v) and v.is_floating_point() else v
     try:
-        m64 = copy.deepcopy(model).double()
+        m64 = _copy_model(model).double()
         if hasattr(m64, "set_experts_implementation"):  # grouped-GEMM experts take no float64: the eager loop
             with contextlib.suppress(Exception):
                 m64.set_experts_implementation("eager")
         a64, k64 = tuple(wide(a) for a in args), {k: wide(v) for k, v in kwargs.items()}
         loss = _seeded_loss(a64, k64)
         g_oracle64, _, _ = grads(m64, loss, zspec, tau)
-        g_penal64, _, _ = grads(hf_penal.apply(copy.deepcopy(m64), tau=tau, example_inputs=(a64, k64)), loss)
+        g_penal64, _, _ = grads(hf_penal.apply(_copy_model(m64), tau=tau, example_inputs=(a64, k64)), loss)
     except Exception as e:  # noqa: BLE001 - a model that does not run in float64: the float32 result stands
         out["f64_cause"] = _cause(e)
         return out
@@ -934,7 +948,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["blocks"], rec["covered"] = len(blocks), len(covered)
     rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     model.eval()
-    eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
+    eval_penal = hf_penal.apply(_copy_model(model), tau=0.1, example_inputs=(args, kwargs)).eval()
     with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
         a, b = (_tensors(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
@@ -955,7 +969,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         return rec
     tau = min(max(0.3 / shift, 1e-6), 1e8)
     g_oracle, _, _ = grads(model, loss, zspec, tau)
-    penal = hf_penal.apply(copy.deepcopy(model), tau=tau, example_inputs=(args, kwargs))
+    penal = hf_penal.apply(_copy_model(model), tau=tau, example_inputs=(args, kwargs))
     g_penal, _, _ = grads(penal, loss)
     rec["tau"] = tau
     rec["oracle_vs_plain"] = rel_err(g_oracle, g_plain)
