@@ -141,6 +141,7 @@ def _feature_layouts(cfg, mel: int, width: int) -> list[tuple[int, int]]:
     cs = _configs(cfg)
     widths = [_first_int(cs, "feature_projection_input_dim"), _first_int(cs, "num_mel_bins", "feature_size")]
     widths += [mel * k for k in (2, 4)]
+    widths += [mel * k for k in [_first_int(cs, "num_stacked_frames")] if k]  # frames stacked as the config says
     factor = _first_int(cs, "subsampling_factor", "stacking_factor", "frame_stacking", default=1)
     out = []
     for w in dict.fromkeys(x for x in widths if x and x not in (mel, width)):
@@ -519,7 +520,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out)
+    return out + _max_size_pixels(cfg, out) + _whole_audio(cfg, params)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -616,6 +617,34 @@ def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     pixels = torch.randn(shape, generator=generator())
     first = next((c for c in cands if "pixel_values" in c), None)
     return [{**first, "pixel_values": pixels}] if first else []
+
+
+def _whole_audio(cfg, params) -> list[dict]:
+    """Last-resort audio, after all others, in the whole units a config names: features (BATCH, mel, 2 ·
+    ``n_window`` frames: one encoder chunk) with an all-ones frame mask where the forward takes
+    ``input_features_mask``; samples in whole tokens (``input_values`` (BATCH, 16000 rounded up to a multiple of the
+    config's ``samples_per_token``, else of the product of its ``patch_sizes``)); features (BATCH, mel, 64 frames)
+    with the waveform samples behind them where the forward requires a ``*_sample_lengths`` argument (64 frames ×
+    the config's ``hop_length`` per sample)."""
+    cs, g, out = _configs(cfg), generator(), []
+    a = _sub(cfg, "audio_config", "encoder_config")
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    window = _first_int(cs, "n_window")
+    if window and "input_features" in params:
+        t = 2 * window
+        mask = {"input_features_mask": torch.ones(BATCH, t, dtype=torch.long)} if "input_features_mask" in params else {}
+        out.append({"input_features": torch.randn(BATCH, mel, t, generator=g), **mask})
+    sizes = next((getattr(c, "patch_sizes") for c in cs if isinstance(getattr(c, "patch_sizes", None), (list, tuple))
+                  and all(isinstance(x, int) and x > 0 for x in getattr(c, "patch_sizes"))), None)
+    unit = _first_int(cs, "samples_per_token") or (int(torch.tensor(sizes).prod()) if sizes else None)
+    if unit and "input_values" in params:
+        out.append({"input_values": torch.randn(BATCH, -(-16000 // unit) * unit, generator=g)})
+    lengths = [n for n, p in params.items() if n.endswith("sample_lengths") and p.default is inspect.Parameter.empty]
+    hop = _first_int(cs, "hop_length")
+    if lengths and hop and "input_features" in params:
+        out.append({"input_features": torch.randn(BATCH, mel, 64, generator=g),
+                    **{n: torch.full((BATCH,), 64 * hop, dtype=torch.long) for n in lengths}})
+    return out
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:

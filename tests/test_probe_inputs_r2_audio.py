@@ -1,0 +1,47 @@
+"""Audio inputs in the whole units a config names (samples in whole tokens, features in whole encoder windows,
+frames stacked as the config says), and the coverage check's copy of a model that caches a recurrent state from a
+training forward. Tiny configs; penalized gradients = explicit-penalty oracle (`test_probe_inputs._check`)."""
+import sys
+from pathlib import Path
+
+import torch
+import transformers as T
+from test_probe_inputs import L, _check
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import coverage  # noqa: E402
+
+
+def test_samples_come_in_whole_tokens_of_the_configs_patch_sizes():
+    cfg = T.MuseSparkAudioConfig(patch_sizes=[16, 6], hidden_sizes=[16, 32], depths=[1, 1], num_hidden_layers=2,
+                                 out_hidden_size=32)
+    kwargs = _check(T.MuseSparkAudioModel(cfg), None)
+    assert kwargs["input_values"].shape == (2, 16032)  # 16000 rounded up to a multiple of 16 · 6
+
+
+def test_features_come_in_whole_encoder_windows_with_their_mask():
+    cfg = T.Qwen3ASREncoderConfig(num_mel_bins=16, encoder_layers=L, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                  d_model=32, downsample_hidden_size=8, output_dim=32, n_window=50)
+    kwargs = _check(T.Qwen3ASREncoder(cfg), {"attention": L, "mlp": L})
+    assert kwargs["input_features"].shape == (2, 16, 100) and kwargs["input_features_mask"].shape == (2, 100)
+
+
+def test_features_stack_as_many_frames_a_row_as_the_config_says():
+    cfg = T.FunAsrNanoEncoderConfig(num_mel_bins=16, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                    num_hidden_layers=L, num_stacked_frames=7, hidden_dropout=0.0,
+                                    attention_dropout=0.0)
+    kwargs = _check(T.FunAsrNanoEncoder(cfg), None)
+    assert kwargs["input_features"].shape[-1] == 16 * 7
+
+
+def test_the_check_copies_a_model_that_keeps_its_recurrent_state_from_a_training_forward():
+    """RecurrentGemma stores its recurrent and convolution states (non-leaf tensors after a training forward) in
+    module attributes; the check copies the model after its training forwards (torch's deepcopy refuses those)."""
+    cfg = T.RecurrentGemmaConfig(num_hidden_layers=2, vocab_size=64, hidden_size=32, intermediate_size=64,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, lru_width=32,
+                                 attention_window_size=8, block_types=["recurrent", "attention"])
+    from hf_penal.discovery.inputs import probe_inputs
+    model = T.RecurrentGemmaModel(cfg)
+    rec = coverage.check(model, probe_inputs(model))
+    assert rec["status"] == "ok", rec
+    assert any(torch.is_tensor(v) and v.grad_fn is not None for m in model.modules() for v in vars(m).values())
