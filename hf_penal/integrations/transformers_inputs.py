@@ -32,8 +32,10 @@ again with a video clip where the forward also takes ``pixel_values_videos`` (at
 img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
 ``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
-with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
-batch 1.
+with its ``num_frames`` frames: `_max_size_pixels`); after those, audio in the whole units a config names
+(`_whole_audio`: features in whole ``n_window`` chunks, samples in whole ``samples_per_token`` / ``patch_sizes``
+tokens, features with their ``*_sample_lengths`` at ``hop_length``). The stacked-frame feature layouts include
+``num_stacked_frames``. `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
