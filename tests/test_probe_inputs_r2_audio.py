@@ -45,3 +45,18 @@ def test_the_check_copies_a_model_that_keeps_its_recurrent_state_from_a_training
     rec = coverage.check(model, probe_inputs(model))
     assert rec["status"] == "ok", rec
     assert any(torch.is_tensor(v) and v.grad_fn is not None for m in model.modules() for v in vars(m).values())
+
+
+def test_a_convolutional_decoder_gets_its_latents_channels_first():
+    cfg = T.VibeVoiceAcousticTokenizerDecoderConfig(hidden_size=16, num_filters=8, downsampling_ratios=[2, 2],
+                                                    depths=[1, 1, 1])
+    kwargs = _check(T.VibeVoiceAcousticTokenizerDecoderModel(cfg), None)
+    assert kwargs["hidden_states"].shape == (2, 16, 8)
+
+
+def test_a_vocoder_gets_its_mel_bins_as_channels():
+    cfg = T.Qwen2_5OmniBigVGANConfig(mel_dim=16, upsample_initial_channel=16, resblock_kernel_sizes=[3],
+                                     resblock_dilation_sizes=[[1, 3, 5]], upsample_rates=[2, 2],
+                                     upsample_kernel_sizes=[4, 4])
+    kwargs = _check(T.Qwen2_5OmniToken2WavBigVGANModel(cfg), None)
+    assert kwargs["mel_spectrogram"].shape == (2, 16, 8)

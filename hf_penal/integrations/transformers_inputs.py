@@ -35,7 +35,9 @@ attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × 
 with its ``num_frames`` frames: `_max_size_pixels`); after those, audio in the whole units a config names
 (`_whole_audio`: features in whole ``n_window`` chunks, samples in whole ``samples_per_token`` / ``patch_sizes``
 tokens, features with their ``*_sample_lengths`` at ``hop_length``). The stacked-frame feature layouts include
-``num_stacked_frames``. `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
+``num_stacked_frames``. Last of all, the first candidate with a required ``hidden_states`` / mel argument, that
+argument channels first (`_channels_first`: a convolutional decoder's latents, a vocoder's mel bins).
+`hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -522,7 +524,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out) + _whole_audio(cfg, params)
+    out = out + _max_size_pixels(cfg, out) + _whole_audio(cfg, params)
+    return out + _channels_first(params, out)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -647,6 +650,20 @@ def _whole_audio(cfg, params) -> list[dict]:
         out.append({"input_features": torch.randn(BATCH, mel, 64, generator=g),
                     **{n: torch.full((BATCH,), 64 * hop, dtype=torch.long) for n in lengths}})
     return out
+
+
+def _channels_first(params, cands: list[dict]) -> list[dict]:
+    """Last of all: the first candidate that gives a required ``hidden_states`` or mel-spectrogram argument (a name
+    with ``mel``) as a (batch, frames, width) tensor, again with those tensors channels first (batch, width,
+    frames), at most SEQ frames: a convolutional decoder or vocoder that reads latents / mel bins as its input
+    channels (and upsamples each frame hundreds of times)."""
+    names = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+             and (n == "hidden_states" or "mel" in n.split("_"))]
+    for c in cands:
+        hit = [n for n in names if torch.is_tensor(c.get(n)) and c[n].dim() == 3 and c[n].is_floating_point()]
+        if hit:
+            return [{**c, **{n: c[n][:, :SEQ].transpose(1, 2).contiguous() for n in hit}}]
+    return []
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
