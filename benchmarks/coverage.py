@@ -992,19 +992,23 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
 
 def _sites_without_grad(model, loss, found) -> int:
     """The number of found sites whose output z receives no gradient from the loss in a plain backward (a hook on
-    each call's z; a site counts as reached when any call's z gets one). The penalty's backward runs only where a
+    each call's z; a site counts as reached when every call's z gets one). The penalty's backward runs only where a
     gradient reaches z, while the explicit-penalty oracle's τ/2·‖z‖² term gives z a gradient anyway: sites behind
-    a non-differentiable step (a codec's argmin quantizer between encoder and decoder) make such a model inexact."""
+    a non-differentiable step (a codec's argmin quantizer between encoder and decoder), or a call whose output the
+    model discards (PEGASUS-X's last encoder layer updates its global tokens, which the encoder does not return),
+    make such a model inexact."""
     import torch
     mods = dict(model.named_modules())
-    reached: set[str] = set()
+    calls: dict[str, int] = {}
+    reached: dict[str, int] = {}
     handles = []
 
     def hook(name, index):
         def on_output(mod, args, out):
             z = out if index is None else out[index]
+            calls[name] = calls.get(name, 0) + 1
             if torch.is_tensor(z) and z.requires_grad:
-                z.register_hook(lambda g: reached.add(name))
+                z.register_hook(lambda g: reached.__setitem__(name, reached.get(name, 0) + 1))
         return on_output
     names = {(s.end or s.name, s.output_index) for s in found}
     for name, index in names:
@@ -1017,7 +1021,7 @@ def _sites_without_grad(model, loss, found) -> int:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-    return sum(1 for s in found if (s.end or s.name) not in reached)
+    return sum(1 for s in found if reached.get(s.end or s.name, 0) < calls.get(s.end or s.name, 1))
 
 
 def _cause(e: BaseException) -> str:

@@ -60,3 +60,17 @@ def test_a_vocoder_gets_its_mel_bins_as_channels():
                                      upsample_kernel_sizes=[4, 4])
     kwargs = _check(T.Qwen2_5OmniToken2WavBigVGANModel(cfg), None)
     assert kwargs["mel_spectrogram"].shape == (2, 16, 8)
+
+
+def test_a_site_call_whose_output_the_model_discards_is_reported_as_getting_no_gradient():
+    """PEGASUS-X's last encoder layer updates its global tokens with the same out_proj / fc2 as its local tokens, and
+    the encoder returns only the local ones: those calls get no gradient, so the penalty (in the backward) skips
+    them while the explicit-penalty oracle does not. The check says so (per call, not per site)."""
+    cfg = T.PegasusXConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, block_size=8,
+                           num_global_tokens=4, stagger_local_blocks=False, dropout=0.0, attention_dropout=0.0,
+                           activation_dropout=0.0, max_position_embeddings=64)
+    from hf_penal.discovery.inputs import probe_inputs
+    model = T.PegasusXModel(cfg)
+    rec = coverage.check(model, probe_inputs(model))
+    assert rec["status"] == "inexact" and rec["sites_no_grad"] == 2, rec
