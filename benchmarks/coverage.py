@@ -891,9 +891,11 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     return dict(out, rel_err=err, grad_exact=err < _EXACT, precision="float64")
 
 
-def check(model, inputs_candidates, example_inputs=None) -> dict:
+def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> dict:
     """Sites, coverage, gradient oracle and eval identity for one built model (`example_inputs`: passed to the
-    probe; None: the probe builds its own)."""
+    probe; None: the probe builds its own). Where the chosen inputs run in eval but not in a training forward (a
+    speech synthesizer that requires its targets in training), the check runs again on the first later candidate
+    that does (`_training_inputs`)."""
     import torch
 
     import hf_penal
@@ -904,7 +906,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     with torch.no_grad():  # zero-initialised branch ends (ResNet's last BN, layer scales) would hide the penalty
         g = torch.Generator().manual_seed(0)
         for p in model.parameters():
-            if p.is_floating_point():
+            if p.is_floating_point() and not _perturbed:
                 p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
     t0 = time.time()
     try:
@@ -960,7 +962,13 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     # a site with an `end` takes z at a module shared by several branches (Phi's resid_dropout): every call of that
     # module is one of the found branches (discovery checks it), so the oracle captures all its calls once
     zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
-    g_plain, _, _ = grads(model, loss)
+    try:
+        g_plain, _, _ = grads(model, loss)
+    except Exception:
+        later = _training_inputs(model, inputs_candidates, inputs)
+        if later is None:
+            raise
+        return check(model, [later], None, _perturbed=True)
     g_unit, _, fired = grads(model, loss, zspec, 1.0)
     shift = rel_err(g_unit, g_plain)
     rec["fired"] = fired
@@ -988,6 +996,24 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         if rec["sites_no_grad"]:
             rec["cause"] = f"{rec['sites_no_grad']} of {len(found)} site outputs get no gradient from the loss"
     return rec
+
+
+def _training_inputs(model, inputs_candidates, chosen):
+    """The first candidate after `chosen` on which the model runs a training forward (seeded, no gradient kept),
+    or None."""
+    import torch
+    after = False
+    for args, kwargs in inputs_candidates:
+        if not after:
+            after = args is chosen[0] and kwargs is chosen[1]
+            continue
+        try:
+            with torch.no_grad():
+                _seeded(model.train(), *args, **kwargs)
+        except Exception:  # noqa: BLE001 - the next candidate may fit
+            continue
+        return args, kwargs
+    return None
 
 
 def _sites_without_grad(model, loss, found) -> int:

@@ -74,3 +74,22 @@ def test_a_site_call_whose_output_the_model_discards_is_reported_as_getting_no_g
     model = T.PegasusXModel(cfg)
     rec = coverage.check(model, probe_inputs(model))
     assert rec["status"] == "inexact" and rec["sites_no_grad"] == 2, rec
+
+
+def test_a_synthesizer_that_requires_its_targets_in_training_is_checked_on_inputs_with_them():
+    """FastSpeech2 runs in eval on token ids alone but requires its targets in a training forward: the probe builds
+    them by name (`_step_labels`: durations 2 per token, 2 · tokens spectrogram frames at num_mel_bins, a pitch and
+    an energy per token), and the check trains on the first candidate that runs in training."""
+    model_cfg = T.FastSpeech2ConformerConfig(
+        hidden_size=32, vocab_size=40, num_mel_bins=16, encoder_num_attention_heads=2, encoder_layers=L,
+        encoder_linear_units=64, decoder_layers=L, decoder_num_attention_heads=2, decoder_linear_units=64,
+        speech_decoder_postnet_layers=2, speech_decoder_postnet_units=16, duration_predictor_channels=16,
+        energy_predictor_channels=16, pitch_predictor_channels=16, pitch_predictor_layers=2)
+    voc_cfg = T.FastSpeech2ConformerHifiGanConfig(model_in_dim=16, upsample_initial_channel=16, upsample_rates=[2, 2],
+                                                  upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3],
+                                                  resblock_dilation_sizes=[[1, 3]])
+    cfg = T.FastSpeech2ConformerWithHifiGanConfig(model_config=model_cfg.to_dict(), vocoder_config=voc_cfg.to_dict())
+    from hf_penal.discovery.inputs import probe_inputs
+    model = T.FastSpeech2ConformerWithHifiGan(cfg)
+    rec = coverage.check(model, probe_inputs(model))
+    assert rec["status"] == "ok", rec

@@ -37,6 +37,8 @@ with its ``num_frames`` frames: `_max_size_pixels`); after those, audio in the w
 tokens, features with their ``*_sample_lengths`` at ``hop_length``). The stacked-frame feature layouts include
 ``num_stacked_frames``. Last of all, the first candidate with a required ``hidden_states`` / mel argument, that
 argument channels first (`_channels_first`: a convolutional decoder's latents, a vocoder's mel bins).
+Then token ids with the targets a training forward requires, by name (`_step_labels`: ``*_labels``
+arguments as per-token frame counts, the spectrogram frames they give, per-token scalars).
 `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
@@ -525,7 +527,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
     out = out + _max_size_pixels(cfg, out) + _whole_audio(cfg, params)
-    return out + _channels_first(params, out)
+    return out + _channels_first(params, out) + _step_labels(cfg, params, out)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -664,6 +666,30 @@ def _channels_first(params, cands: list[dict]) -> list[dict]:
         if hit:
             return [{**c, **{n: c[n][:, :SEQ].transpose(1, 2).contiguous() for n in hit}}]
     return []
+
+
+def _step_labels(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward that takes several ``<name>_labels`` arguments (the targets a training forward
+    requires: a speech synthesizer's): the first candidate with token ids, with each of them by its name and
+    annotation: an integer one as per-token frame counts (2 per token, (batch, tokens)), a ``spectrogram`` / ``mel``
+    one as the frames those counts give (batch, 2 · tokens, the config's ``num_mel_bins``), other ones as a scalar per
+    token (batch, tokens, 1)."""
+    names = [n for n in params if n.endswith("_labels") and n != "labels"]
+    first = next((c for c in cands if torch.is_tensor(c.get("input_ids"))), None)
+    if len(names) < 2 or first is None:
+        return []
+    n = first["input_ids"].shape[1]
+    mel = _first_int(_configs(cfg), "num_mel_bins", default=80)
+    g, out = generator(), {}
+    for name in names:
+        words = name.split("_")
+        if re.search(r"Long|Int", str(params[name].annotation)):
+            out[name] = torch.full((BATCH, n), 2, dtype=torch.long)
+        elif "spectrogram" in words or "mel" in words:
+            out[name] = torch.randn(BATCH, 2 * n, mel, generator=g)
+        else:
+            out[name] = torch.randn(BATCH, n, 1, generator=g)
+    return [{**first, **out}]
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
