@@ -912,7 +912,7 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
     try:
         found = hf_penal.sites(model, example_inputs[0] if example_inputs else None)
     except hf_penal.ProbeFailedError as e:
-        rec.update(status="probe failed", cause=_cause(e.__cause__ or e))
+        rec.update(status="probe failed", cause=_named_input_cause(model, inputs_candidates, e.__cause__ or e))
         return rec
     rec["probe_s"] = round(time.time() - t0, 2)
     rec["sites"] = len(found)
@@ -996,6 +996,23 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
         if rec["sites_no_grad"]:
             rec["cause"] = f"{rec['sites_no_grad']} of {len(found)} site outputs get no gradient from the loss"
     return rec
+
+
+def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
+    """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
+    argument the candidate lacks and a later candidate gives it, that candidate's own error instead (a config
+    inconsistency there is worth a retry at another config level, a missing input is not: `_NO_RETRY`)."""
+    import torch
+    m = re.search(r"missing \d+ required positional argument: '(\w+)'", str(e))
+    for args, kwargs in inputs_candidates if m else []:
+        if m.group(1) in kwargs:
+            try:
+                with torch.no_grad():
+                    model.eval()(*args, **kwargs)
+            except Exception as later:  # noqa: BLE001
+                return _cause(later)
+            break
+    return _cause(e)
 
 
 def _training_inputs(model, inputs_candidates, chosen):

@@ -93,3 +93,26 @@ def test_a_synthesizer_that_requires_its_targets_in_training_is_checked_on_input
     model = T.FastSpeech2ConformerWithHifiGan(cfg)
     rec = coverage.check(model, probe_inputs(model))
     assert rec["status"] == "ok", rec
+
+
+def _dots3(**kw):
+    return T.Dots3NoteAudioConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=2,
+                                  feature_size=16, downsample_hidden_size=8, adapter_input_size=32,
+                                  adapter_out_dim=32, **kw)
+
+
+def test_features_come_with_the_waveform_samples_behind_them():
+    kwargs = _check(T.Dots3NoteAudioModel(_dots3()), {"attention": L, "mlp": L})
+    assert kwargs["input_features"].shape == (2, 16, 64) and kwargs["chunk_sample_lengths"].tolist() == [64 * 160] * 2
+
+
+def test_a_failed_probe_reports_the_error_of_the_candidate_that_gives_the_missing_argument():
+    """The probe reports its first candidate's error (a missing required argument: no retry at another config
+    level); the check reports the error of the candidate that gives that argument instead (here a config
+    inconsistency: adapter_input_size ≠ hidden_size, which a retry at another level can fix)."""
+    from hf_penal.discovery.inputs import probe_inputs
+    cfg = _dots3()
+    cfg.adapter_input_size = 48
+    model = T.Dots3NoteAudioModel(cfg)
+    rec = coverage.check(model, probe_inputs(model))
+    assert rec["status"] == "probe failed" and not coverage._NO_RETRY.search(rec["cause"]), rec
