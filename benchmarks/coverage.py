@@ -897,6 +897,20 @@ def _seeded_loss(args, kwargs):
     return loss
 
 
+def _copy_model(model):
+    """A deep copy of `model` whose tensors cached in module attributes by an earlier forward (a recurrent layer's
+    state kept for decoding: RecurrentGemma's ``recurrent_states``, ``conv1d_state``) are copied detached: torch's
+    deepcopy refuses a tensor that is not a graph leaf, and the check copies the model after training forwards."""
+    import torch
+
+    memo = {}
+    for mod in model.modules():
+        for v in vars(mod).values():
+            if torch.is_tensor(v) and v.grad_fn is not None:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     """A float32 comparison that missed `_EXACT`, measured again in float64 where float32 cannot resolve it: where the
     oracle's own gradients move by more than a tenth of `_EXACT` when tau moves by 1e-6 (its rounding is amplified
@@ -917,14 +931,14 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     def wide(v):
         return v.double() if torch.is_tensor(v) and v.is_floating_point() else v
     try:
-        m64 = copy.deepcopy(model).double()
+        m64 = _copy_model(model).double()
         if hasattr(m64, "set_experts_implementation"):  # grouped-GEMM experts take no float64: the eager loop
             with contextlib.suppress(Exception):
                 m64.set_experts_implementation("eager")
         a64, k64 = tuple(wide(a) for a in args), {k: wide(v) for k, v in kwargs.items()}
         loss = _seeded_loss(a64, k64)
         g_oracle64, _, _ = grads(m64, loss, zspec, tau)
-        g_penal64, _, _ = grads(hf_penal.apply(copy.deepcopy(m64), tau=tau, example_inputs=(a64, k64)), loss)
+        g_penal64, _, _ = grads(hf_penal.apply(_copy_model(m64), tau=tau, example_inputs=(a64, k64)), loss)
     except Exception as e:  # noqa: BLE001 - a model that does not run in float64: the float32 result stands
         out["f64_cause"] = _cause(e)
         return out
@@ -932,9 +946,11 @@ def _float64_recheck(model, args, kwargs, zspec, tau, g_oracle) -> dict:
     return dict(out, rel_err=err, grad_exact=err < _EXACT, precision="float64")
 
 
-def check(model, inputs_candidates, example_inputs=None) -> dict:
+def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> dict:
     """Sites, coverage, gradient oracle and eval identity for one built model (`example_inputs`: passed to the
-    probe; None: the probe builds its own)."""
+    probe; None: the probe builds its own). Where the chosen inputs run in eval but not in a training forward (a
+    speech synthesizer that requires its targets in training), the check runs again on the first later candidate
+    that does (`_training_inputs`)."""
     import torch
 
     import hf_penal
@@ -945,13 +961,13 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     with torch.no_grad():  # zero-initialised branch ends (ResNet's last BN, layer scales) would hide the penalty
         g = torch.Generator().manual_seed(0)
         for p in model.parameters():
-            if p.is_floating_point():
+            if p.is_floating_point() and not _perturbed:
                 p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
     t0 = time.time()
     try:
         found = hf_penal.sites(model, example_inputs[0] if example_inputs else None)
     except hf_penal.ProbeFailedError as e:
-        rec.update(status="probe failed", cause=_cause(e.__cause__ or e))
+        rec.update(status="probe failed", cause=_named_input_cause(model, inputs_candidates, e.__cause__ or e))
         return rec
     rec["probe_s"] = round(time.time() - t0, 2)
     rec["sites"] = len(found)
@@ -989,7 +1005,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     rec["blocks"], rec["covered"] = len(blocks), len(covered)
     rec["uncovered"] = [b for b in blocks if b not in covered][:3]
     model.eval()
-    eval_penal = hf_penal.apply(copy.deepcopy(model), tau=0.1, example_inputs=(args, kwargs)).eval()
+    eval_penal = hf_penal.apply(_copy_model(model), tau=0.1, example_inputs=(args, kwargs)).eval()
     with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
         a, b = (_tensors(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
@@ -1001,7 +1017,13 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     # a site with an `end` takes z at a module shared by several branches (Phi's resid_dropout): every call of that
     # module is one of the found branches (discovery checks it), so the oracle captures all its calls once
     zspec = list(dict.fromkeys((re.escape(s.end or s.name), s.output_index) for s in found))
-    g_plain, _, _ = grads(model, loss)
+    try:
+        g_plain, _, _ = grads(model, loss)
+    except Exception:
+        later = _training_inputs(model, inputs_candidates, inputs)
+        if later is None:
+            raise
+        return check(model, [later], None, _perturbed=True)
     g_unit, _, fired = grads(model, loss, zspec, 1.0)
     shift = rel_err(g_unit, g_plain)
     rec["fired"] = fired
@@ -1010,7 +1032,7 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
         return rec
     tau = min(max(0.3 / shift, 1e-6), 1e8)
     g_oracle, _, _ = grads(model, loss, zspec, tau)
-    penal = hf_penal.apply(copy.deepcopy(model), tau=tau, example_inputs=(args, kwargs))
+    penal = hf_penal.apply(_copy_model(model), tau=tau, example_inputs=(args, kwargs))
     g_penal, _, _ = grads(penal, loss)
     rec["tau"] = tau
     rec["oracle_vs_plain"] = rel_err(g_oracle, g_plain)
@@ -1031,21 +1053,60 @@ def check(model, inputs_candidates, example_inputs=None) -> dict:
     return rec
 
 
+def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
+    """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
+    argument the candidate lacks and a later candidate gives it, that candidate's own error instead (a config
+    inconsistency there is worth a retry at another config level, a missing input is not: `_NO_RETRY`)."""
+    import torch
+    m = re.search(r"missing \d+ required positional argument: '(\w+)'", str(e))
+    for args, kwargs in inputs_candidates if m else []:
+        if m.group(1) in kwargs:
+            try:
+                with torch.no_grad():
+                    model.eval()(*args, **kwargs)
+            except Exception as later:  # noqa: BLE001
+                return _cause(later)
+            break
+    return _cause(e)
+
+
+def _training_inputs(model, inputs_candidates, chosen):
+    """The first candidate after `chosen` on which the model runs a training forward (seeded, no gradient kept),
+    or None."""
+    import torch
+    after = False
+    for args, kwargs in inputs_candidates:
+        if not after:
+            after = args is chosen[0] and kwargs is chosen[1]
+            continue
+        try:
+            with torch.no_grad():
+                _seeded(model.train(), *args, **kwargs)
+        except Exception:  # noqa: BLE001 - the next candidate may fit
+            continue
+        return args, kwargs
+    return None
+
+
 def _sites_without_grad(model, loss, found) -> int:
     """The number of found sites whose output z receives no gradient from the loss in a plain backward (a hook on
-    each call's z; a site counts as reached when any call's z gets one). The penalty's backward runs only where a
+    each call's z; a site counts as reached when every call's z gets one). The penalty's backward runs only where a
     gradient reaches z, while the explicit-penalty oracle's τ/2·‖z‖² term gives z a gradient anyway: sites behind
-    a non-differentiable step (a codec's argmin quantizer between encoder and decoder) make such a model inexact."""
+    a non-differentiable step (a codec's argmin quantizer between encoder and decoder), or a call whose output the
+    model discards (PEGASUS-X's last encoder layer updates its global tokens, which the encoder does not return),
+    make such a model inexact."""
     import torch
     mods = dict(model.named_modules())
-    reached: set[str] = set()
+    calls: dict[str, int] = {}
+    reached: dict[str, int] = {}
     handles = []
 
     def hook(name, index):
         def on_output(mod, args, out):
             z = out if index is None else out[index]
+            calls[name] = calls.get(name, 0) + 1
             if torch.is_tensor(z) and z.requires_grad:
-                z.register_hook(lambda g: reached.add(name))
+                z.register_hook(lambda g: reached.__setitem__(name, reached.get(name, 0) + 1))
         return on_output
     names = {(s.end or s.name, s.output_index) for s in found}
     for name, index in names:
@@ -1058,7 +1119,7 @@ def _sites_without_grad(model, loss, found) -> int:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-    return sum(1 for s in found if (s.end or s.name) not in reached)
+    return sum(1 for s in found if reached.get(s.end or s.name, 0) < calls.get(s.end or s.name, 1))
 
 
 def _cause(e: BaseException) -> str:

@@ -40,7 +40,13 @@ inputs beside the ids or from config fields (`_side_inputs`): ids into a list a 
 (``num_codebooks`` / ``num_channels``, with ``encoder_hidden_states`` at ``cross_hidden_size``), audio features with a
 channel axis (``patch_embed_input_channels``), ``past_values`` at ``context_length`` × ``num_input_channels``. A
 required ``<prefix>_input_ids`` gets ids of the ``<prefix>_config`` vocabulary (``qformer_input_ids``,
-`_sub_vocab_ids`).
+`_sub_vocab_ids`). After those, audio in the whole units a config names (`_whole_audio`: features in
+whole ``n_window`` chunks, samples in whole ``samples_per_token`` / ``patch_sizes`` tokens, features with their
+``*_sample_lengths`` at ``hop_length``); the stacked-frame feature layouts include ``num_stacked_frames``; then the
+first candidate with a required ``hidden_states`` / mel argument, that argument channels first (`_channels_first`: a
+convolutional decoder's latents, a vocoder's mel bins); then token ids with the targets a training forward requires,
+by name (`_step_labels`: ``*_labels`` arguments as per-token frame counts, the spectrogram frames they give,
+per-token scalars).
 `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
@@ -149,6 +155,7 @@ def _feature_layouts(cfg, mel: int, width: int) -> list[tuple[int, int]]:
     cs = _configs(cfg)
     widths = [_first_int(cs, "feature_projection_input_dim"), _first_int(cs, "num_mel_bins", "feature_size")]
     widths += [mel * k for k in (2, 4)]
+    widths += [mel * k for k in [_first_int(cs, "num_stacked_frames")] if k]  # frames stacked as the config says
     factor = _first_int(cs, "subsampling_factor", "stacking_factor", "frame_stacking", default=1)
     out = []
     for w in dict.fromkeys(x for x in widths if x and x not in (mel, width)):
@@ -540,7 +547,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _max_size_pixels(cfg, out)
     out = out + _cross_states(cfg, params, out)
     out = out + _image_sets(params, out)
-    return out + _side_inputs(cfg, params, out)
+    out = out + _side_inputs(cfg, params, out) + _whole_audio(cfg, params)
+    return out + _channels_first(params, out) + _step_labels(cfg, params, out)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -735,6 +743,73 @@ def _listed_ids(cfg, params) -> dict:
                 out[n] = torch.arange(BATCH) % len(v)
                 break
     return out
+
+
+def _whole_audio(cfg, params) -> list[dict]:
+    """Last-resort audio, after all others, in the whole units a config names: features (BATCH, mel, 2 ·
+    ``n_window`` frames: one encoder chunk) with an all-ones frame mask where the forward takes
+    ``input_features_mask``; samples in whole tokens (``input_values`` (BATCH, 16000 rounded up to a multiple of the
+    config's ``samples_per_token``, else of the product of its ``patch_sizes``)); features (BATCH, mel, 64 frames)
+    with the waveform samples behind them where the forward requires a ``*_sample_lengths`` argument (64 frames ×
+    the config's ``hop_length`` per sample)."""
+    cs, g, out = _configs(cfg), generator(), []
+    a = _sub(cfg, "audio_config", "encoder_config")
+    mel = int(getattr(a, "num_mel_bins", None) or getattr(a, "feature_size", None) or 80)
+    window = _first_int(cs, "n_window")
+    if window and "input_features" in params:
+        t = 2 * window
+        mask = ({"input_features_mask": torch.ones(BATCH, t, dtype=torch.long)} if "input_features_mask" in params
+                else {})
+        out.append({"input_features": torch.randn(BATCH, mel, t, generator=g), **mask})
+    sizes = next((c.patch_sizes for c in cs if isinstance(getattr(c, "patch_sizes", None), (list, tuple))
+                  and all(isinstance(x, int) and x > 0 for x in c.patch_sizes)), None)
+    unit = _first_int(cs, "samples_per_token") or (int(torch.tensor(sizes).prod()) if sizes else None)
+    if unit and "input_values" in params:
+        out.append({"input_values": torch.randn(BATCH, -(-16000 // unit) * unit, generator=g)})
+    lengths = [n for n, p in params.items() if n.endswith("sample_lengths") and p.default is inspect.Parameter.empty]
+    hop = _first_int(cs, "hop_length")
+    if lengths and hop and "input_features" in params:
+        out.append({"input_features": torch.randn(BATCH, mel, 64, generator=g),
+                    **{n: torch.full((BATCH,), 64 * hop, dtype=torch.long) for n in lengths}})
+    return out
+
+
+def _channels_first(params, cands: list[dict]) -> list[dict]:
+    """Last of all: the first candidate that gives a required ``hidden_states`` or mel-spectrogram argument (a name
+    with ``mel``) as a (batch, frames, width) tensor, again with those tensors channels first (batch, width,
+    frames), at most SEQ frames: a convolutional decoder or vocoder that reads latents / mel bins as its input
+    channels (and upsamples each frame hundreds of times)."""
+    names = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+             and (n == "hidden_states" or "mel" in n.split("_"))]
+    for c in cands:
+        hit = [n for n in names if torch.is_tensor(c.get(n)) and c[n].dim() == 3 and c[n].is_floating_point()]
+        if hit:
+            return [{**c, **{n: c[n][:, :SEQ].transpose(1, 2).contiguous() for n in hit}}]
+    return []
+
+
+def _step_labels(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward that takes several ``<name>_labels`` arguments (the targets a training forward
+    requires: a speech synthesizer's): the first candidate with token ids, with each of them by its name and
+    annotation: an integer one as per-token frame counts (2 per token, (batch, tokens)), a ``spectrogram`` / ``mel``
+    one as the frames those counts give (batch, 2 · tokens, the config's ``num_mel_bins``), other ones as a scalar per
+    token (batch, tokens, 1)."""
+    names = [n for n in params if n.endswith("_labels") and n != "labels"]
+    first = next((c for c in cands if torch.is_tensor(c.get("input_ids"))), None)
+    if len(names) < 2 or first is None:
+        return []
+    n = first["input_ids"].shape[1]
+    mel = _first_int(_configs(cfg), "num_mel_bins", default=80)
+    g, out = generator(), {}
+    for name in names:
+        words = name.split("_")
+        if re.search(r"Long|Int", str(params[name].annotation)):
+            out[name] = torch.full((BATCH, n), 2, dtype=torch.long)
+        elif "spectrogram" in words or "mel" in words:
+            out[name] = torch.randn(BATCH, 2 * n, mel, generator=g)
+        else:
+            out[name] = torch.randn(BATCH, n, 1, generator=g)
+    return [{**first, **out}]
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
