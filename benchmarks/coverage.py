@@ -177,6 +177,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
+    _tiled_images(cfg)
     _tied_vision_widths(cfg)
     _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
@@ -184,6 +185,18 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
             _timm_tower(sub)
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+def _tiled_images(cfg) -> None:
+    """A tower that takes each image as up to ``max_num_tiles`` tiles of ``image_size`` pixels, with layers over all
+    tiles at once (``num_global_layers``): tiles of 4 × 4 patches (``patch_size``) and 2 such layers, so that a
+    forward over every tile stays small (in place)."""
+    tiles, size, patch = _int(cfg, "max_num_tiles"), _int(cfg, "image_size"), _int(cfg, "patch_size")
+    if not (tiles and tiles > 1 and size and patch):
+        return
+    _set(cfg, "image_size", min(size, 4 * patch))
+    if (_int(cfg, "num_global_layers") or 0) > 2:
+        _set(cfg, "num_global_layers", 2)
 
 
 def _tied_vision_widths(cfg) -> None:
@@ -542,6 +555,28 @@ def _width_sums(cfg, before, seen=None) -> None:
         _width_sums(sub, getattr(before, name), seen)
 
 
+_LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")
+
+
+def _layer_indices(cfg, before, seen=None) -> None:
+    """A list of layer indices whose outputs the model collects (``intermediate_layers_indices``: a name ending in
+    ``layer(s)_indices``, 0-based) that names layers beyond the shrunk depth (``num_hidden_layers``): each index
+    scaled to the shrunk depth (same count, so widths derived from the count stay as they were; indices may repeat),
+    in place and on sub-configs too."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    depth, depth0 = _int(cfg, "num_hidden_layers"), _int(before, "num_hidden_layers")
+    for k, v in _fields(cfg).items():
+        if (depth and depth0 and _LAYER_INDICES.search(k) and isinstance(v, (list, tuple)) and v
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and max(v) >= depth):
+            _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
+    for name, sub in vars(cfg).items():
+        if _is_config(sub) and _is_config(getattr(before, name, None)):
+            _layer_indices(sub, getattr(before, name), seen)
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -705,6 +740,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
+        _layer_indices(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

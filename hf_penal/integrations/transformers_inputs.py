@@ -519,7 +519,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out)
+    return out + _max_size_pixels(cfg, out) + _tiled_pixels(cfg, params)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -616,6 +616,30 @@ def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     pixels = torch.randn(shape, generator=generator())
     first = next((c for c in cands if "pixel_values" in c), None)
     return [{**first, "pixel_values": pixels}] if first else []
+
+
+def _tiled_pixels(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a forward that takes images cut into tiles with their aspect
+    ratios (``aspect_ratio_ids``): one image a sample in the config's ``max_num_tiles`` tiles at its image size,
+    (BATCH, 1, tiles, channels, size, size), the id (1-based) of the first ``supported_aspect_ratios`` entry that
+    uses every tile (else the first), and ``aspect_ratio_mask`` (BATCH, 1, tiles) marking the tiles it uses."""
+    if "aspect_ratio_ids" not in params:
+        return []
+    cs = _vision_cfgs(cfg)
+    tiles = _first_int(cs, "max_num_tiles", default=1)
+    ratios = next((getattr(c, "supported_aspect_ratios", None) for c in cs
+                   if getattr(c, "supported_aspect_ratios", None)), None) or [[1, 1]]
+    used = [int(torch.tensor(r).prod()) for r in ratios]
+    i = next((k for k, n in enumerate(used) if n == tiles), 0)
+    size = _first_int(cs, "image_size", default=32)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    out = {"pixel_values": torch.randn(BATCH, 1, tiles, ch, size, size, generator=generator()),
+           "aspect_ratio_ids": torch.full((BATCH, 1), i + 1, dtype=torch.long)}
+    if "aspect_ratio_mask" in params:
+        mask = torch.zeros(BATCH, 1, tiles, dtype=torch.long)
+        mask[..., :min(used[i], tiles)] = 1
+        out["aspect_ratio_mask"] = mask
+    return [out]
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
