@@ -225,6 +225,8 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         return [_video(cfg)]
     if name == "pixel_values":
         return [_pixels(cfg)]
+    if name.endswith("_pixel_values") or (name.endswith("_masks") and name[:-6] + "_pixel_values" in required):
+        return [_pixels(cfg)]  # prompt images and their mask images, at the image size (`_prompt_images`)
     if name in ("input_values", "input_features"):
         return _audio_alternatives(cfg, name, layouts=False)
     if name == "spectrogram":  # a vocoder's mel frames: (batch, frames, mel bins)
@@ -519,7 +521,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out) + _tiled_pixels(cfg, params)
+    return out + _max_size_pixels(cfg, out) + _tiled_pixels(cfg, params) + _prompt_images(cfg, params)
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -616,6 +618,22 @@ def _max_size_pixels(cfg, cands: list[dict]) -> list[dict]:
     pixels = torch.randn(shape, generator=generator())
     first = next((c for c in cands if "pixel_values" in c), None)
     return [{**first, "pixel_values": pixels}] if first else []
+
+
+def _prompt_images(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a forward that requires prompt images beside its pixels (a
+    ``<prompt>_pixel_values`` argument, with its ``<prompt>_masks`` mask images where it takes them) and stacks them
+    with the image along the height into one picture at the config's image size: each of them at half its height."""
+    prompts = [n for n, p in params.items() if n.endswith("_pixel_values") and p.default is inspect.Parameter.empty]
+    if "pixel_values" not in params or not prompts:
+        return []
+    x = _pixels(cfg)
+    h = x.shape[-2] // 2
+    if h < 1:
+        return []
+    names = ["pixel_values", *prompts, *(n[:-13] + "_masks" for n in prompts if n[:-13] + "_masks" in params)]
+    g = generator()
+    return [{n: torch.randn(*x.shape[:-2], h, x.shape[-1], generator=g) for n in names}]
 
 
 def _tiled_pixels(cfg, params) -> list[dict]:
