@@ -521,7 +521,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     windowed = _windowed_pixels(cfg) if main == "pixel_values" and mains else None
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
-    return out + _max_size_pixels(cfg, out) + _tiled_pixels(cfg, params) + _prompt_images(cfg, params)
+    tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
+    return out + _max_size_pixels(cfg, out) + tail
 
 
 _NOT_STEP_INPUT = re.compile(r"mask$|ids$|^output_|^return_|^use_")
@@ -634,6 +635,14 @@ def _prompt_images(cfg, params) -> list[dict]:
     names = ["pixel_values", *prompts, *(n[:-13] + "_masks" for n in prompts if n[:-13] + "_masks" in params)]
     g = generator()
     return [{n: torch.randn(*x.shape[:-2], h, x.shape[-1], generator=g) for n in names}]
+
+
+def _frames_in_batch(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a frame tower whose config names ``num_frames`` (so `_pixels`
+    builds clips (BATCH, frames, channels, h, w)) but whose forward takes the frames folded into the batch:
+    (BATCH · frames, channels, h, w)."""
+    x = _pixels(cfg) if "pixel_values" in params else None
+    return [{"pixel_values": x.flatten(0, 1)}] if x is not None and x.dim() == 5 else []
 
 
 def _tiled_pixels(cfg, params) -> list[dict]:
