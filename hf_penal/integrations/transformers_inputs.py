@@ -522,6 +522,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
+    tail += _grid_patches(cfg, params)
     return out + _max_size_pixels(cfg, out) + tail
 
 
@@ -643,6 +644,20 @@ def _frames_in_batch(cfg, params) -> list[dict]:
     (BATCH · frames, channels, h, w)."""
     x = _pixels(cfg) if "pixel_values" in params else None
     return [{"pixel_values": x.flatten(0, 1)}] if x is not None and x.dim() == 5 else []
+
+
+def _grid_patches(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a tower that takes its patches as images with an optional patch
+    grid (``grid_thw`` not required, so `_fill_required` does not build it): the patches of `_patch_grid`, packed into
+    one row of patch images (1, patches, channels, patch, patch), with their ``grid_thw``."""
+    if "grid_thw" not in params or "pixel_values" not in params:
+        return []
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=14)
+    patches, grid, _ = _patch_grid(cfg)
+    if patches.shape[1] % (p * p):
+        return []
+    return [{"pixel_values": patches.reshape(1, patches.shape[0], -1, p, p), "grid_thw": grid}]
 
 
 def _tiled_pixels(cfg, params) -> list[dict]:
