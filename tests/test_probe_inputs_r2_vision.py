@@ -1,9 +1,18 @@
 """Round-2 vision / discovery fixes, each on a tiny config against the explicit-penalty oracle (`_check` of
-tests/test_probe_inputs.py): ZAYA's layers, whose residual adds happen inside a helper module (its table entry)."""
+tests/test_probe_inputs.py): ZAYA's layers, whose residual adds happen inside a helper module (its table entry);
+inputs by name, last of all: tiled images with aspect-ratio ids and mask, prompt images stacked with the image,
+frames folded into the batch, patch images with an optional ``grid_thw``; and the coverage benchmark's small config
+for tiled towers (layer-index lists within the shrunk depth, small tiles)."""
+import sys
+from pathlib import Path
+
 import transformers as T
 from test_probe_inputs import L, _check
 
 import hf_penal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import coverage  # noqa: E402
 
 
 def test_zaya_layers_get_both_branches_from_the_table_not_the_qk_projections_inner_adds():
@@ -17,3 +26,53 @@ def test_zaya_layers_get_both_branches_from_the_table_not_the_qk_projections_inn
     _check(model, {"attention": L, "mlp": L})
     names = sorted(s.name for s in hf_penal.sites(model))
     assert names == sorted(f"layers.{i}.{m}" for i in range(L) for m in ("self_attn", "mlp"))
+
+
+def test_a_tiled_image_tower_gets_tiles_with_aspect_ratio_ids_and_mask():
+    """Mllama's vision tower: forward(pixel_values, aspect_ratio_ids, aspect_ratio_mask), images as max_num_tiles
+    tiles; the id of the first supported aspect ratio that uses every tile ([1, 4]: id 4)."""
+    cfg = T.MllamaVisionConfig(hidden_size=32, num_hidden_layers=L, num_global_layers=1, attention_heads=2,
+                               intermediate_size=64, image_size=28, patch_size=7, intermediate_layers_indices=[0, 1],
+                               vision_output_dim=96)
+    kwargs = _check(T.MllamaVisionModel(cfg), None)
+    assert kwargs["pixel_values"].shape == (2, 1, 4, 3, 28, 28)
+    assert kwargs["aspect_ratio_ids"].tolist() == [[4], [4]] and kwargs["aspect_ratio_mask"].all()
+
+
+def test_prompt_images_stacked_with_the_image_come_at_half_height():
+    """SegGPT stacks the prompt image over the image (and the prompt mask over itself) into one picture at the
+    config's image size: each of pixel_values, prompt_pixel_values, prompt_masks at half the height."""
+    cfg = T.SegGptConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, mlp_dim=64, image_size=[64, 32],
+                         patch_size=8, pretrain_image_size=32, merge_index=0, intermediate_hidden_state_indices=[0, 1],
+                         decoder_hidden_size=16)
+    kwargs = _check(T.SegGptModel(cfg), {"attention": L, "mlp": L})
+    assert {k: tuple(v.shape) for k, v in kwargs.items()} == {
+        k: (2, 3, 32, 32) for k in ("pixel_values", "prompt_pixel_values", "prompt_masks")}
+
+
+def test_a_frame_tower_gets_the_frames_folded_into_the_batch():
+    """X-CLIP's vision tower: num_frames in its config, frames as (batch · frames, channels, h, w)."""
+    cfg = T.XCLIPVisionConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                              mit_hidden_size=32, mit_intermediate_size=64, mit_num_attention_heads=2,
+                              mit_num_hidden_layers=1, image_size=32, patch_size=8, num_frames=2)
+    kwargs = _check(T.XCLIPVisionModel(cfg), None)
+    assert kwargs["pixel_values"].shape == (4, 3, 32, 32)
+
+
+def test_patch_images_with_an_optional_grid_thw():
+    """PaddleOCR-VL's vision tower: pixel_values (1, patches, channels, patch, patch) with grid_thw (optional)."""
+    from transformers.models.paddleocr_vl.modeling_paddleocr_vl import PaddleOCRVisionModel
+    cfg = T.PaddleOCRVisionConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=64,
+                                  image_size=32, patch_size=4)
+    kwargs = _check(PaddleOCRVisionModel(cfg), {"attention": L, "mlp": L})
+    assert kwargs["pixel_values"].shape == (1, 2 * 4 * 4, 3, 4, 4) and kwargs["grid_thw"].tolist() == [[1, 4, 4]] * 2
+
+
+def test_a_tiled_towers_small_config_reads_layers_within_its_depth_at_small_tiles():
+    cfg = T.AutoConfig.for_model("mllama_vision_model")
+    before = T.AutoConfig.for_model("mllama_vision_model")
+    coverage._shrink(cfg)
+    coverage._layer_indices(cfg, before)
+    assert len(cfg.intermediate_layers_indices) == len(before.intermediate_layers_indices)
+    assert max(cfg.intermediate_layers_indices) < cfg.num_hidden_layers == 2
+    assert cfg.image_size == 4 * cfg.patch_size and cfg.num_global_layers == 2
