@@ -13,7 +13,9 @@ image sizes; a field whose default is the sum of the config's and a sub-config's
 `_width_sums`; a field the config class derives a shrunk width from is shrunk with it (LightGlue's descriptor_dim,
 `_source_fields`); a backbone's reported hidden_sizes stay its stage_out_channels (HGNetV2, `_stage_widths_tied`); a
 default config with no feature level (an empty ``*_scale_factors``, num_feature_levels 0: LW-DETR) gets one at scale
-1.0, `_one_feature_level`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
+1.0, `_one_feature_level`; a list of layer indices (``*layer(s)_indices``) scaled into the shrunk depth,
+`_layer_indices`; a tiled-image tower (``max_num_tiles``) at tiles of 4 × 4 patches and 2 ``num_global_layers``,
+`_tiled_images`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
 model_args, `_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run
 at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual
 blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two

@@ -32,8 +32,12 @@ again with a video clip where the forward also takes ``pixel_values_videos`` (at
 img_size where the config names no image size). After every other candidate, images whose patch grid splits into whole
 attention windows with a patch per query (`_windowed_pixels`: ``patch_size`` × ``num_windows`` per side,
 ``num_queries``; a windowed detector backbone). Last of all, pixels at the frame size a config names (``max_img_size``,
-with its ``num_frames`` frames: `_max_size_pixels`). `hf_penal.discovery.inputs` then adds every candidate again at
-batch 1.
+with its ``num_frames`` frames: `_max_size_pixels`); then, by argument name: images cut into the config's
+``max_num_tiles`` tiles with their ``aspect_ratio_ids`` / ``aspect_ratio_mask`` (`_tiled_pixels`), the image and its
+required prompt images and masks (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required
+arguments too) at half height each, stacked along the height by the model (`_prompt_images`), a clip's frames folded
+into the batch (`_frames_in_batch`), and patches as one row of patch images with an optional ``grid_thw``
+(`_grid_patches`). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
