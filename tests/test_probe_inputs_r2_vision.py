@@ -76,3 +76,13 @@ def test_a_tiled_towers_small_config_reads_layers_within_its_depth_at_small_tile
     assert len(cfg.intermediate_layers_indices) == len(before.intermediate_layers_indices)
     assert max(cfg.intermediate_layers_indices) < cfg.num_hidden_layers == 2
     assert cfg.image_size == 4 * cfg.patch_size and cfg.num_global_layers == 2
+
+
+def test_a_windowed_encoder_gets_its_states_partitioned_into_its_windows():
+    """LW-DETR's ViT encoder: forward(hidden_states) with the rows already split into num_windows windows (its
+    global layers fold them back: batch // num_windows), so BATCH · num_windows rows."""
+    from transformers.models.lw_detr.modeling_lw_detr import LwDetrViTEncoder
+    cfg = T.LwDetrViTConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, mlp_ratio=2, image_size=32,
+                            patch_size=8, num_windows=4, window_block_indices=[0])
+    kwargs = _check(LwDetrViTEncoder(cfg), {"attention": L, "mlp": L})
+    assert kwargs["hidden_states"].shape[0] == 2 * 4

@@ -36,8 +36,8 @@ with its ``num_frames`` frames: `_max_size_pixels`); then, by argument name: ima
 ``max_num_tiles`` tiles with their ``aspect_ratio_ids`` / ``aspect_ratio_mask`` (`_tiled_pixels`), the image and its
 required prompt images and masks (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required
 arguments too) at half height each, stacked along the height by the model (`_prompt_images`), a clip's frames folded
-into the batch (`_frames_in_batch`), and patches as one row of patch images with an optional ``grid_thw``
-(`_grid_patches`). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
+into the batch (`_frames_in_batch`), patches as one row of patch images with an optional ``grid_thw``
+(`_grid_patches`), and hidden states partitioned into the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -526,7 +526,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     last = [{"pixel_values": windowed, **others, **extra}] if windowed is not None else []
     out = out + _named_late(cfg, params, out) + _tower_inputs(cfg, params) + last
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
-    tail += _grid_patches(cfg, params)
+    tail += _grid_patches(cfg, params) + _windowed_states(cfg, params)
     return out + _max_size_pixels(cfg, out) + tail
 
 
@@ -662,6 +662,16 @@ def _grid_patches(cfg, params) -> list[dict]:
     if patches.shape[1] % (p * p):
         return []
     return [{"pixel_values": patches.reshape(1, patches.shape[0], -1, p, p), "grid_thw": grid}]
+
+
+def _windowed_states(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a windowed encoder fed its hidden states already partitioned
+    into the config's ``num_windows`` attention windows (its global layers fold the windows back into each sample):
+    the states of `_states` with BATCH · num_windows rows."""
+    k = _first_int([cfg], "num_windows", default=1)
+    if k == 1 or "hidden_states" not in params:
+        return []
+    return [{"hidden_states": x.repeat(k, 1, 1)} for x in _states(cfg)]
 
 
 def _tiled_pixels(cfg, params) -> list[dict]:
