@@ -579,6 +579,28 @@ def _layer_indices(cfg, before, seen=None) -> None:
             _layer_indices(sub, getattr(before, name), seen)
 
 
+def _tiles(cfg, before) -> None:
+    """A config that cuts each image into tiles of its ``patch_size`` pixels for sub-models whose ``image_size`` is
+    that tile size (DepthPro): the tile size set to 4 of the sub-models' patches a side, on the config and the
+    sub-configs alike, and the sub-model layers it hooks (``*_hook_ids``, 0-based) scaled into their shrunk depth
+    (in place)."""
+    tile = _int(cfg, "patch_size")
+    subs = [v for v in vars(cfg).values() if _is_config(v) and _int(v, "image_size") == tile]
+    if not tile or not subs:
+        return
+    p = max(_int(v, "patch_size") or 1 for v in subs)
+    if tile > 4 * p:
+        _set(cfg, "patch_size", 4 * p)
+        for v in subs:
+            _set(v, "image_size", 4 * p)
+    depth = min(_int(v, "num_hidden_layers") or 0 for v in subs)
+    depth0 = max((_int(v, "num_hidden_layers") or 0 for v in vars(before).values() if _is_config(v)), default=0)
+    for k, v in _fields(cfg).items():
+        if (k.endswith("hook_ids") and depth and depth0 and isinstance(v, (list, tuple)) and v
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and max(v) >= depth):
+            _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -743,6 +765,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
         _layer_indices(cfg, before)
+        _tiles(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":

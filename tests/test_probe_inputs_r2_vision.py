@@ -86,3 +86,20 @@ def test_a_windowed_encoder_gets_its_states_partitioned_into_its_windows():
                             patch_size=8, num_windows=4, window_block_indices=[0])
     kwargs = _check(LwDetrViTEncoder(cfg), {"attention": L, "mlp": L})
     assert kwargs["hidden_states"].shape[0] == 2 * 4
+
+
+def test_a_tiling_model_runs_at_its_small_config_with_the_probes_own_pixels():
+    """DepthPro cuts the image, scaled by each of scaled_images_ratios (0.25 the smallest), into patch_size tiles
+    (384 px: its sub-models' image size): at the benchmark's small config (tiles of 4 sub-model patches) the probe's
+    224-pixel candidate is large enough."""
+    kwargs = _check(coverage.build_transformers("depth_pro"), None)
+    assert kwargs["pixel_values"].shape[-1] * 0.25 >= 56
+
+
+def test_a_tiling_models_small_config_has_small_tiles_and_hooks_within_the_sub_models_depth():
+    cfg, before = T.AutoConfig.for_model("depth_pro"), T.AutoConfig.for_model("depth_pro")
+    coverage._shrink(cfg)
+    coverage._tiles(cfg, before)
+    subs = (cfg.image_model_config, cfg.patch_model_config)
+    assert cfg.patch_size == 4 * subs[0].patch_size and all(s.image_size == cfg.patch_size for s in subs)
+    assert len(cfg.intermediate_hook_ids) == 2 and max(cfg.intermediate_hook_ids) < subs[1].num_hidden_layers
