@@ -15,7 +15,8 @@ image sizes; a field whose default is the sum of the config's and a sub-config's
 default config with no feature level (an empty ``*_scale_factors``, num_feature_levels 0: LW-DETR) gets one at scale
 1.0, `_one_feature_level`; a list of layer indices (``*layer(s)_indices``) scaled into the shrunk depth,
 `_layer_indices`; a tiled-image tower (``max_num_tiles``) at tiles of 4 × 4 patches and 2 ``num_global_layers``,
-`_tiled_images`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
+`_tiled_images`; a model that cuts images into tiles of its ``patch_size`` for sub-models whose image size that is
+(DepthPro) at tiles of 4 sub-model patches, its ``*_hook_ids`` within the sub-models' depth, `_tiles`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
 model_args, `_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run
 at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual
 blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two

@@ -1,8 +1,9 @@
 """Round-2 vision / discovery fixes, each on a tiny config against the explicit-penalty oracle (`_check` of
 tests/test_probe_inputs.py): ZAYA's layers, whose residual adds happen inside a helper module (its table entry);
 inputs by name, last of all: tiled images with aspect-ratio ids and mask, prompt images stacked with the image,
-frames folded into the batch, patch images with an optional ``grid_thw``; and the coverage benchmark's small config
-for tiled towers (layer-index lists within the shrunk depth, small tiles)."""
+frames folded into the batch, patch images with an optional ``grid_thw``, hidden states split into windows; and the
+coverage benchmark's small configs for tiled towers (layer-index lists within the shrunk depth, small tiles) and for a
+model that tiles scaled images (DepthPro)."""
 import sys
 from pathlib import Path
 
