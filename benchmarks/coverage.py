@@ -2,9 +2,10 @@
 
 For each model, built at random init from a small config (transformers: hidden width 32, 2 layers, 2 heads, 1 key/value
 head where such fields exist, with the fields derived from them kept consistent, a heterogeneous config's per-layer
-overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model that does not build or run at
-that config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
-config when that has at most 200 M parameters; after shrinking, the fields the config class itself derives in its
+overrides (`per_layer_config`) shrunk layer by layer by the same rules; a model that does not build or run at that
+config is retried with as many key/value heads as query heads, then with only its depth shrunk, then at its default
+config when that has at most 200 M parameters, last with its default head counts at the small head width
+(`small-heads`, `_default_heads`); after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
 image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`), feature-map
@@ -13,18 +14,21 @@ image sizes; a field whose default is the sum of the config's and a sub-config's
 `_width_sums`; a field the config class derives a shrunk width from is shrunk with it (LightGlue's descriptor_dim,
 `_source_fields`); a backbone's reported hidden_sizes stay its stage_out_channels (HGNetV2, `_stage_widths_tied`); a
 default config with no feature level (an empty ``*_scale_factors``, num_feature_levels 0: LW-DETR) gets one at scale
-1.0, `_one_feature_level`; a timm tower nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its
-model_args, `_timm_tower`; timm: the smallest-named model of each family, img_size 64 where the model takes it, run
-at 64 px where it runs there), it records: whether it builds, the sites found (table and/or probe), the residual
-blocks covered (elements of ModuleLists / Sequentials whose class ends in Layer/Block/Bottleneck and inside which two
-same-shape tensors are added: blocks with ≥ 1 site / blocks), whether the penalized model's parameter gradients equal
-the explicit-penalty oracle built from the found sites
-(`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether eval outputs
-are bit-identical to the plain model's (a float32 gradient comparison that the oracle's own float32 rounding cannot
-resolve is re-measured in float64, `_float64_recheck`); for an inexact model, how many found sites' outputs get no
-gradient from the loss (`_sites_without_grad`: the penalty's backward never runs there, the oracle's τ/2·‖z‖² still
-reaches them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a per-model time
-limit; a worker that dies is replaced and the model recorded as crashed.
+1.0, `_one_feature_level`; a list of layer indices (``*layer(s)_indices``) scaled into the shrunk depth,
+`_layer_indices`; a tiled-image tower (``max_num_tiles``) at tiles of 4 × 4 patches and 2 ``num_global_layers``,
+`_tiled_images`; a model that cuts images into tiles of its ``patch_size`` for sub-models whose image size that is
+(DepthPro) at tiles of 4 sub-model patches, its ``*_hook_ids`` within the sub-models' depth, `_tiles`; a timm tower
+nested in a composite config gets a 2-layer 32-wide ViT at 32 px through its model_args, `_timm_tower`; timm: the
+smallest-named model of each family, img_size 64 where the model takes it, run at 64 px where it runs there), it
+records: whether it builds, the sites found (table and/or probe), the residual blocks covered (elements of ModuleLists /
+Sequentials whose class ends in Layer/Block/Bottleneck and inside which two same-shape tensors are added: blocks with ≥
+1 site / blocks), whether the penalized model's parameter gradients equal the explicit-penalty oracle built from the
+found sites (`tests/_oracle.py`: forward hooks capture those sites' outputs and the loss gets + τ/2·Σ‖z‖²), and whether
+eval outputs are bit-identical to the plain model's (a float32 gradient comparison that the oracle's own float32
+rounding cannot resolve is re-measured in float64, `_float64_recheck`); for an inexact model, how many found sites'
+outputs get no gradient from the loss (`_sites_without_grad`: the penalty's backward never runs there, the oracle's
+τ/2·‖z‖² still reaches them; a codec's encoder behind its argmin quantizer). Each model runs in a worker process under a
+per-model time limit; a worker that dies is replaced and the model recorded as crashed.
 
 Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
 audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
@@ -182,6 +186,7 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
         if isinstance(cur, (list, tuple)) and cur and all(isinstance(x, int) for x in cur):
             _set(cfg, k, type(cur)(min(x, 1) if x else x for x in cur))
     _consistent(cfg, kv_heads)
+    _tiled_images(cfg)
     _tied_vision_widths(cfg)
     _put_layers(cfg, layers, lambda c: _shrink(c, kv_heads=kv_heads))
     for sub in list(vars(cfg).values()):
@@ -189,6 +194,18 @@ def _shrink(cfg, seen=None, kv_heads: int | None = 1) -> None:
             _timm_tower(sub)
             _shrink(sub, seen, kv_heads)
     _from_backbone(cfg)
+
+
+def _tiled_images(cfg) -> None:
+    """A tower that takes each image as up to ``max_num_tiles`` tiles of ``image_size`` pixels, with layers over all
+    tiles at once (``num_global_layers``): tiles of 4 × 4 patches (``patch_size``) and 2 such layers, so that a
+    forward over every tile stays small (in place)."""
+    tiles, size, patch = _int(cfg, "max_num_tiles"), _int(cfg, "image_size"), _int(cfg, "patch_size")
+    if not (tiles and tiles > 1 and size and patch):
+        return
+    _set(cfg, "image_size", min(size, 4 * patch))
+    if (_int(cfg, "num_global_layers") or 0) > 2:
+        _set(cfg, "num_global_layers", 2)
 
 
 def _tied_vision_widths(cfg) -> None:
@@ -571,6 +588,50 @@ def _width_sums(cfg, before, seen=None) -> None:
         _width_sums(sub, getattr(before, name), seen)
 
 
+_LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")
+
+
+def _layer_indices(cfg, before, seen=None) -> None:
+    """A list of layer indices whose outputs the model collects (``intermediate_layers_indices``: a name ending in
+    ``layer(s)_indices``, 0-based) that names layers beyond the shrunk depth (``num_hidden_layers``): each index
+    scaled to the shrunk depth (same count, so widths derived from the count stay as they were; indices may repeat),
+    in place and on sub-configs too."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    depth, depth0 = _int(cfg, "num_hidden_layers"), _int(before, "num_hidden_layers")
+    for k, v in _fields(cfg).items():
+        if (depth and depth0 and _LAYER_INDICES.search(k) and isinstance(v, (list, tuple)) and v
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and max(v) >= depth):
+            _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
+    for name, sub in vars(cfg).items():
+        if _is_config(sub) and _is_config(getattr(before, name, None)):
+            _layer_indices(sub, getattr(before, name), seen)
+
+
+def _tiles(cfg, before) -> None:
+    """A config that cuts each image into tiles of its ``patch_size`` pixels for sub-models whose ``image_size`` is
+    that tile size (DepthPro): the tile size set to 4 of the sub-models' patches a side, on the config and the
+    sub-configs alike, and the sub-model layers it hooks (``*_hook_ids``, 0-based) scaled into their shrunk depth
+    (in place)."""
+    tile = _int(cfg, "patch_size")
+    subs = [v for v in vars(cfg).values() if _is_config(v) and _int(v, "image_size") == tile]
+    if not tile or not subs:
+        return
+    p = max(_int(v, "patch_size") or 1 for v in subs)
+    if tile > 4 * p:
+        _set(cfg, "patch_size", 4 * p)
+        for v in subs:
+            _set(v, "image_size", 4 * p)
+    depth = min(_int(v, "num_hidden_layers") or 0 for v in subs)
+    depth0 = max((_int(v, "num_hidden_layers") or 0 for v in vars(before).values() if _is_config(v)), default=0)
+    for k, v in _fields(cfg).items():
+        if (k.endswith("hook_ids") and depth and depth0 and isinstance(v, (list, tuple)) and v
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and max(v) >= depth):
+            _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
+
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -758,6 +819,8 @@ def build_transformers(model_type: str, level: str = "small"):
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
         _stage_doubled_widths(cfg, before)
+        _layer_indices(cfg, before)
+        _tiles(cfg, before)
         if level == "small-heads":
             _default_heads(cfg, before)
     elif level == "shallow":

@@ -162,6 +162,14 @@ BLOCKS: dict[str, Block] = {
         tuple(dataclasses.replace(b, x=(), sum=()) for b in _PRE_NORM_DECODER),
         note="scaled by config.residual_multiplier m after the site: the penalty is on the unscaled branch output, "
              "i.e. tau/m² on the residual step"),
+    # ZAYA adds each branch inside a helper module that takes both z and the skip x as arguments,
+    # `(z + b)·s + (x + b')·s'` (ZayaResidualScaling, learned per-channel b, s): no add in the layer itself takes a
+    # branch output (the probe finds only adds inside the attention's q/k projection and the router); the MoE `mlp`
+    # returns (z, router state); the skip is shifted and scaled too, so residual modes and recompute are refused
+    "ZayaDecoderLayer": Block(
+        (Branch(("self_attn",), "attention", index=0), Branch(("mlp",), "mlp", index=0)),
+        note="added as (z + b)·s + (x + b')·s' with learned per-channel b, s (ZayaResidualScaling): the penalty is on "
+             "the unshifted, unscaled branch output z"),
     # --- transformers: CLIP-style encoder layers, the vision towers of many vision-language models (LLaVA's CLIP,
     #     Gemma 3's SigLIP, SmolVLM / Idefics3); without them the table's text-tower entry leaves the tower bare
     **{f"{p}EncoderLayer": Block(_CLIP_LIKE) for p in ("CLIP", "Siglip", "SmolVLM", "Idefics3")},

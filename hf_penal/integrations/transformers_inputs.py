@@ -46,8 +46,13 @@ whole ``n_window`` chunks, samples in whole ``samples_per_token`` / ``patch_size
 first candidate with a required ``hidden_states`` / mel argument, that argument channels first (`_channels_first`: a
 convolutional decoder's latents, a vocoder's mel bins); then token ids with the targets a training forward requires,
 by name (`_step_labels`: ``*_labels`` arguments as per-token frame counts, the spectrogram frames they give,
-per-token scalars).
-`hf_penal.discovery.inputs` then adds every candidate again at batch 1.
+per-token scalars); then, by argument name: images cut into the config's ``max_num_tiles`` tiles with their
+``aspect_ratio_ids`` / ``aspect_ratio_mask`` (`_tiled_pixels`), the image and its required prompt images and masks
+(``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required arguments too) at half height each,
+stacked along the height by the model (`_prompt_images`), a clip's frames folded into the batch (`_frames_in_batch`),
+patches as one row of patch images with an optional ``grid_thw`` (`_grid_patches`), and hidden states partitioned into
+the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again
+at batch 1.
 """
 from __future__ import annotations
 
@@ -240,6 +245,8 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         return [_video(cfg)]
     if name == "pixel_values":
         return [_pixels(cfg)]
+    if name.endswith("_pixel_values") or (name.endswith("_masks") and name[:-6] + "_pixel_values" in required):
+        return [_pixels(cfg)]  # prompt images and their mask images, at the image size (`_prompt_images`)
     if name in ("input_values", "input_features"):
         return _audio_alternatives(cfg, name, layouts=False)
     if name == "spectrogram":  # a vocoder's mel frames: (batch, frames, mel bins)
@@ -548,7 +555,9 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _cross_states(cfg, params, out)
     out = out + _image_sets(params, out)
     out = out + _side_inputs(cfg, params, out) + _whole_audio(cfg, params)
-    return out + _channels_first(params, out) + _step_labels(cfg, params, out)
+    out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
+    tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
+    return out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -810,6 +819,78 @@ def _step_labels(cfg, params, cands: list[dict]) -> list[dict]:
         else:
             out[name] = torch.randn(BATCH, n, 1, generator=g)
     return [{**first, **out}]
+
+
+def _prompt_images(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a forward that requires prompt images beside its pixels (a
+    ``<prompt>_pixel_values`` argument, with its ``<prompt>_masks`` mask images where it takes them) and stacks them
+    with the image along the height into one picture at the config's image size: each of them at half its height."""
+    prompts = [n for n, p in params.items() if n.endswith("_pixel_values") and p.default is inspect.Parameter.empty]
+    if "pixel_values" not in params or not prompts:
+        return []
+    x = _pixels(cfg)
+    h = x.shape[-2] // 2
+    if h < 1:
+        return []
+    names = ["pixel_values", *prompts, *(n[:-13] + "_masks" for n in prompts if n[:-13] + "_masks" in params)]
+    g = generator()
+    return [{n: torch.randn(*x.shape[:-2], h, x.shape[-1], generator=g) for n in names}]
+
+
+def _frames_in_batch(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a frame tower whose config names ``num_frames`` (so `_pixels`
+    builds clips (BATCH, frames, channels, h, w)) but whose forward takes the frames folded into the batch:
+    (BATCH · frames, channels, h, w)."""
+    x = _pixels(cfg) if "pixel_values" in params else None
+    return [{"pixel_values": x.flatten(0, 1)}] if x is not None and x.dim() == 5 else []
+
+
+def _grid_patches(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a tower that takes its patches as images with an optional patch
+    grid (``grid_thw`` not required, so `_fill_required` does not build it): the patches of `_patch_grid`, packed into
+    one row of patch images (1, patches, channels, patch, patch), with their ``grid_thw``."""
+    if "grid_thw" not in params or "pixel_values" not in params:
+        return []
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size", default=14)
+    patches, grid, _ = _patch_grid(cfg)
+    if patches.shape[1] % (p * p):
+        return []
+    return [{"pixel_values": patches.reshape(1, patches.shape[0], -1, p, p), "grid_thw": grid}]
+
+
+def _windowed_states(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a windowed encoder fed its hidden states already partitioned
+    into the config's ``num_windows`` attention windows (its global layers fold the windows back into each sample):
+    the states of `_states` with BATCH · num_windows rows."""
+    k = _first_int([cfg], "num_windows", default=1)
+    if k == 1 or "hidden_states" not in params:
+        return []
+    return [{"hidden_states": x.repeat(k, 1, 1)} for x in _states(cfg)]
+
+
+def _tiled_pixels(cfg, params) -> list[dict]:
+    """Last resort, after every other candidate, for a forward that takes images cut into tiles with their aspect
+    ratios (``aspect_ratio_ids``): one image a sample in the config's ``max_num_tiles`` tiles at its image size,
+    (BATCH, 1, tiles, channels, size, size), the id (1-based) of the first ``supported_aspect_ratios`` entry that
+    uses every tile (else the first), and ``aspect_ratio_mask`` (BATCH, 1, tiles) marking the tiles it uses."""
+    if "aspect_ratio_ids" not in params:
+        return []
+    cs = _vision_cfgs(cfg)
+    tiles = _first_int(cs, "max_num_tiles", default=1)
+    ratios = next((getattr(c, "supported_aspect_ratios", None) for c in cs
+                   if getattr(c, "supported_aspect_ratios", None)), None) or [[1, 1]]
+    used = [int(torch.tensor(r).prod()) for r in ratios]
+    i = next((k for k, n in enumerate(used) if n == tiles), 0)
+    size = _first_int(cs, "image_size", default=32)
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    out = {"pixel_values": torch.randn(BATCH, 1, tiles, ch, size, size, generator=generator()),
+           "aspect_ratio_ids": torch.full((BATCH, 1), i + 1, dtype=torch.long)}
+    if "aspect_ratio_mask" in params:
+        mask = torch.zeros(BATCH, 1, tiles, dtype=torch.long)
+        mask[..., :min(used[i], tiles)] = 1
+        out["aspect_ratio_mask"] = mask
+    return [out]
 
 
 def example_inputs(model: nn.Module) -> list[tuple] | None:
