@@ -1412,10 +1412,10 @@ def main(argv=None) -> list[dict]:
                                                                            (argv if argv is not None else sys.argv[1:]))
     if a.json:
         Path(a.json).write_text(json.dumps(recs, indent=1))
-    if a.out:  # a sample from another offset is held out: its own section
+    if a.out:  # a sample from another offset (disjoint from offset 0's): its own section
         key, title = a.library, a.library
         if a.offset and not a.names:
-            key, title = f"{a.library}-offset{a.offset}", f"{a.library}, held-out sample (from position {a.offset})"
+            key, title = f"{a.library}-offset{a.offset}", f"{a.library}, sample from position {a.offset}"
         write_section(Path(a.out), key, table(title, recs, command, rule))
     s = summarize(recs)
     print(json.dumps(s))
