@@ -876,17 +876,6 @@ def build_timm(name: str):
 
 
 # ----------------------------------------------------------------------------------------------------- one model
-def _tensors(out):
-    import torch
-    if torch.is_tensor(out):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
 def residual_blocks(model, nested: bool = False) -> list[str]:
     """Elements of ModuleLists / Sequentials whose class name ends in Layer/Block/Bottleneck, the innermost such lists
     where they nest (nested: all of them)."""
@@ -953,10 +942,11 @@ def _seeded_loss(args, kwargs):
     """The check's loss: the mean square of every floating output (in float64 for a float64 model), after the same
     seeds (the same random draws: dropout, SpecAugment masks, LayerDrop) in every run."""
     import torch
+    from _models import float_outputs  # the tests' helpers (tests/ is on sys.path in the checks, as for _oracle)
 
     def loss(m):
         return sum((t.double() if t.dtype == torch.float64 else t.float()).square().mean()
-                   for t in _tensors(_seeded(m, *args, **kwargs)))
+                   for t in float_outputs(_seeded(m, *args, **kwargs)))
     return loss
 
 
@@ -1018,6 +1008,7 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
 
     import hf_penal
     sys.path.insert(0, str(ROOT / "tests"))
+    from _models import float_outputs
     from _oracle import grads, rel_err
 
     rec: dict = {"builds": True, "params": sum(p.numel() for p in model.parameters())}
@@ -1070,7 +1061,7 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
     model.eval()
     eval_penal = hf_penal.apply(_copy_model(model), tau=0.1, example_inputs=(args, kwargs)).eval()
     with torch.no_grad():  # the same random draws in both (a VAE tokenizer samples its latent in eval too)
-        a, b = (_tensors(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
+        a, b = (float_outputs(_seeded(m, *args, **kwargs)) for m in (model, eval_penal))
     rec["eval_identical"] = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
     loss = _seeded_loss(args, kwargs)  # the same random draws (dropout, SpecAugment masks, LayerDrop) in every run

@@ -106,6 +106,12 @@ def _inplace_call(func, args, kwargs) -> bool:
         return False
 
 
+def _tensor_args(args: tuple, kwargs: dict) -> list:
+    """An op's tensor arguments, also those inside list / tuple arguments (as torch.cat takes them), in order."""
+    return [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))
+            if torch.is_tensor(t)]
+
+
 def _per_sample(c: torch.Tensor, out: torch.Tensor) -> bool:
     """A factor with the batch dimension of what it scales (a gate computed from the input, like FocalNet's focal
     gates), not a constant or learned scale: a branch times it is a gated term, not a residual branch."""
@@ -152,15 +158,16 @@ class _AddWatcher(TorchFunctionMode):
             return out
         if name in _ADD_NAMES and len(args) >= 2 and all(torch.is_tensor(a) for a in args[:2]):
             self._on_add(args[0], args[1], out, inplace=name in ("__iadd__", "add_"))
+        ts = _tensor_args(args, kwargs)
         if id(out) in self.born:  # the same tensor: in place, or returned unchanged (eval dropout, contiguous)
             if id(out) in self.values and (out is not first or version is None or _version(out) != version
                                            or _inplace_call(func, args, kwargs)):
                 self.mutated.add(self.values[id(out)].chain)
-            self._count_uses(args, kwargs, out)
+            self._count_uses(ts, out)
             return out
         self.born[id(out)] = self.clock
         self.keep.append(out)
-        self._note_learned(args, kwargs, out)
+        self._note_learned(ts, out)
         src = args[0] if args and torch.is_tensor(args[0]) else None
         if name in _SHAPE_OPS and src is not None:
             self.born[id(out)] = self._born_of(src)
@@ -168,26 +175,23 @@ class _AddWatcher(TorchFunctionMode):
                 self.values[id(out)] = self.values[id(src)]
         elif name in _SCALE_OPS and len(args) >= 2:
             self._on_scale(args[0], args[1], out, name)
-        self._count_uses(args, kwargs, out)
+        self._count_uses(ts, out)
         return out
 
-    def _count_uses(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-        """One more use of each module output among the op's tensor arguments, whole (a slice of it, as where
+    def _count_uses(self, ts: list, out: torch.Tensor) -> None:
+        """One more use of each module output among the op's tensor arguments `ts`, whole (a slice of it, as where
         ReXNet adds the skip to its first channels and passes the others on, is not counted), unless the op's result
         is that same value (re-laid out, scaled by a constant, modified in place)."""
         kept = self.values.get(id(out))
-        for a in (*args, *kwargs.values()):
-            for t in (a if isinstance(a, (list, tuple)) else (a,)):
-                v = self.values.get(id(t)) if torch.is_tensor(t) else None
-                if v is not None and t.numel() == v.chain[0][2] and (kept is None or _key(kept) != _key(v)):
-                    self.uses[_key(v)] = self.uses.get(_key(v), 0) + 1
+        for t in ts:
+            v = self.values.get(id(t))
+            if v is not None and t.numel() == v.chain[0][2] and (kept is None or _key(kept) != _key(v)):
+                self.uses[_key(v)] = self.uses.get(_key(v), 0) + 1
 
-    def _note_learned(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+    def _note_learned(self, ts: list, out: torch.Tensor) -> None:
         """Records `out` as learned (computed from parameters alone, through any ops or modules: a gate
-        ``tanh(alpha)`` of an ``nn.Tanh`` module on a parameter) where every tensor argument is a parameter or learned,
-        so that a branch scaled by it counts as scaled by a constant (`_on_scale`)."""
-        ts = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))
-              if torch.is_tensor(t)]
+        ``tanh(alpha)`` of an ``nn.Tanh`` module on a parameter) where every tensor argument (`ts`) is a parameter or
+        learned, so that a branch scaled by it counts as scaled by a constant (`_on_scale`)."""
         if ts and all(isinstance(t, nn.Parameter) or id(t) in self.learned for t in ts):
             self.learned.add(id(out))
 

@@ -443,7 +443,8 @@ def _tower_inputs(cfg, params) -> list[dict]:
     width = _first_int([cfg], "hidden_size", "d_model", "hidden_dim")
     named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     required = [n for n, p in named.items() if p.default is inspect.Parameter.empty]
-    unbuilt = [n for n in required if _required_alternatives(cfg, n, required) is None]
+    alts = {n: _required_alternatives(cfg, n, required) for n in required}
+    unbuilt = [n for n in required if alts[n] is None]
     if not width or not unbuilt:
         return []
 
@@ -465,7 +466,7 @@ def _tower_inputs(cfg, params) -> list[dict]:
                 return []
             out[n] = made[kind(named[n])]
         else:
-            out[n] = _required_alternatives(cfg, n, required)[0]
+            out[n] = alts[n][0]
     for n, p in named.items():
         if n not in out and kind(p) and (n.endswith("_features") or _POS.search(n)):
             out[n] = made[kind(p)]
