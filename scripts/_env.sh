@@ -14,6 +14,13 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   echo "[hf_penal] setting up $VENV (first run: a few minutes)" >&2
   python3 -m venv "$VENV"
   log="$VENV/install.log"  # pip's own output (warnings included) goes here, not to the terminal
+  # torch's Linux build with its CUDA libraries takes about 6 GB in the venv; pip's wheel cache would hold a second
+  # copy of what it downloads, so it is off
+  export PIP_NO_CACHE_DIR=1
+  free_kb="$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')"
+  if [ "${free_kb:-0}" -lt 7000000 ]; then
+    echo "[hf_penal] warning: $(( free_kb / 1024 )) MB free under $(dirname "$VENV"); the install needs about 7000 MB" >&2
+  fi
   "$VENV/bin/python" -m pip install --upgrade pip > "$log" 2>&1 || true  # an old pip still works
   { "$VENV/bin/python" -m pip install -c constraints.txt torch torchvision &&
     "$VENV/bin/python" -m pip install -c constraints.txt -e ".[timm,trainer,recipes,dev]" &&
