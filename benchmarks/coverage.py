@@ -1017,6 +1017,8 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
         for p in model.parameters():
             if p.is_floating_point() and not _perturbed:
                 p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
+            if p.is_floating_point():  # a config that freezes the weights (FLAVA's image codebook, freeze=True)
+                p.requires_grad_(True)  # leaves no gradient to compare
     t0 = time.time()
     try:
         found = hf_penal.sites(model, example_inputs[0] if example_inputs else None)

@@ -1,8 +1,10 @@
 """The generic probe: one forward pass on example inputs (the user's, or those that `hf_penal.discovery.inputs`
-builds) under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer, one of whose
-operands is the output z of a submodule M while another existed before M started, is a residual add and M ends the
-branch, provided z is used only in that add: a position embedding added to the normed stream (``q = norm(x) + pos``,
-the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
+builds) under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer (a list entry,
+``layer.3``, or a module named with its number, ``s1.b2``), one of whose operands is the output z of a submodule M
+while another existed before M started, is a residual add and M ends the branch, provided z is used only in that add.
+Outside numbered layers (XLM adds ``x + attentions[i](x)`` in the model's own forward) M must be a list entry
+computed from the stream it is added to, and its index is the layer. A position embedding added to the normed
+stream (``q = norm(x) + pos``, the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
 all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per branch), and values keep
 their identity through shape-only ops (view, permute, roll, pad, slicing: windowed attention) and scaling by a
 constant (a number, a learned scale, or a gate computed from parameters alone: tanh(alpha)). A probe that cannot
@@ -39,8 +41,25 @@ _SKIP_NAME = re.compile(r"shortcut|short_cut|downsample|skip|identity", re.I)
 _NOT_BRANCH_NAME = re.compile(r"^shared_experts?$|^shared_mlp$", re.I)
 
 
+_NUMBERED_PART = re.compile(r"^\d+$|^[A-Za-z]+_?\d+$")
+
+
 def _numbered(name: str) -> bool:
-    return any(p.isdigit() for p in name.split("."))
+    """Whether a module name has a numbered part: a ModuleList / Sequential index (``layer.3``) or a name ending in
+    its number (RegNet's ``s1.b2``, ``group_1.block_2``)."""
+    return any(_NUMBERED_PART.match(p) for p in name.split("."))
+
+
+def _inside(name: str, owner: str) -> bool:
+    """Whether module `name` is inside module `owner` ("" is the model itself)."""
+    return name.startswith(owner + ".") if owner else bool(name)
+
+
+def _list_index(name: str, owner: str) -> str | None:
+    """The first index in the name of module `name` below `owner` (``attentions.3`` -> "3": a ModuleList entry),
+    or None."""
+    rel = name[len(owner) + 1:] if owner else name
+    return next((p for p in rel.split(".") if p.isdigit()), None)
 
 
 def _kind_from_text(text: str) -> str | None:
@@ -79,6 +98,7 @@ class _Value:
     start: int  # when its computation began: the innermost module's start, or its own birth for a pass-through
     in_born: int  # birth of the outermost module's input (where a shortcut module's skip came from)
     scaled_after: int = 0  # it was scaled by a constant after the first `scaled_after` modules of the chain
+    fed_by: tuple = ()  # per module of the chain: (birth of its first input, birth of that input's module's input)
 
 
 def _key(v: _Value) -> tuple:
@@ -143,6 +163,8 @@ class _AddWatcher(TorchFunctionMode):
         self.uses: dict[tuple, int] = {}  # _key(value) -> ops that computed something new from it (an add included)
         self.uses_before: dict[int, int] = {}  # id(z) -> its uses before an add wrote into it in place (z += x)
         self.learned: set[int] = set()  # ids of tensors computed from parameters alone (`_note_learned`)
+        self.summed: dict[int, set] = {}  # id(sum) -> births of what its chain of adds summed (`_on_add`)
+        self.layers: dict[int, str] = {}  # id(z) -> layer of a branch added outside numbered layers (`_stream_index`)
 
     def _born_of(self, t) -> int:
         return self.born.get(id(t), -1)
@@ -219,12 +241,16 @@ class _AddWatcher(TorchFunctionMode):
         return [(id(t), born, v)]
 
     def _on_add(self, a, b, out, inplace):
-        if a.shape != b.shape or not a.is_floating_point() or not self.stack:
+        if a.shape != b.shape or not a.is_floating_point():
             return
-        owner = self.stack[-1][0]
+        owner = self.stack[-1][0] if self.stack else ""  # "": the model's own forward
         ta, tb = self._operands(a, owner), self._operands(b, owner)
         terms = ta + tb
         self.terms[id(out)] = (owner, terms)
+        # births of the tensors this chain of adds summed, the partial sums included (the stream of a pre-norm
+        # loop ``x = x + mlps[i](norms[i](x))`` in one forward is one chain): what a branch may be computed from
+        summed = {self._born_of(a), self._born_of(b)} | self.summed.get(id(a), set()) | self.summed.get(id(b), set())
+        self.summed[id(out)] = summed
         for _, _, v in terms:
             if v is not None:
                 self.loose.add(v.chain[-1][0])
@@ -233,32 +259,52 @@ class _AddWatcher(TorchFunctionMode):
         for i, (tid, _, v) in enumerate(terms):
             if v is None or tid in self.branches:
                 continue
-            chain = tuple(c for c in v.chain if c[0].startswith(owner + ".")
+            chain = tuple(c for c in v.chain if _inside(c[0], owner)
                           and not isinstance(self.modules[c[0]], _NOT_BRANCH))
             if not chain or _SKIP_NAME.search(chain[-1][0].rsplit(".", 1)[-1]):
                 continue
             if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
                 continue
-            if _numbered(owner):
+            index = None if _numbered(owner) else self._stream_index(terms, i, owner, summed)
+            if _numbered(owner) or index is not None:
                 into = inplace and i == 0 and len(ta) == 1
                 self.branches[tid] = (owner, chain, v, into, a.numel())
+                if index is not None:
+                    self.layers[tid] = f"{owner}.{index}" if owner else index
                 if into:  # z += x: z is the stream from here on, so only its uses before the add count
                     self.uses_before[tid] = self.uses.get(_key(v), 0)
             else:  # a residual add outside numbered layers: only a suggestion
                 self.candidates.add(chain[-1][0])
 
+    @staticmethod
+    def _stream_index(terms: list, i: int, owner: str, summed: set) -> str | None:
+        """A residual add in a forward outside numbered layers (XLM's model forward: ``x = x + attentions[i](x)``,
+        over ModuleLists of branches) counts where the branch module is numbered, a ModuleList entry, and is
+        computed from the stream it is added to: its input is another operand, or the output of a module whose
+        input is (a pre-norm). Its layer is that entry's index. Adds of sibling outputs (an FPN's lateral conv plus
+        the upsampled coarser level) are not residual and stay suggestions."""
+        v = terms[i][2]
+        skips = {born for j, (_, born, _) in enumerate(terms) if j != i and born >= 0} | {b for b in summed if b >= 0}
+        for link, fed in zip(v.chain, v.fed_by):
+            index = _list_index(link[0], owner) if _inside(link[0], owner) else None
+            if index is not None and skips.intersection(fed):
+                return index
+        return None
+
     def pre_hook(self, name):
         def hook(mod, args, kwargs):
             self.clock += 1
             first = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
-            self.stack.append((name, self.clock, self._born_of(first) if first is not None else -1))
+            v = self.values.get(id(first)) if first is not None else None
+            self.stack.append((name, self.clock, self._born_of(first) if first is not None else -1,
+                               v.in_born if v is not None else -1))
             self.calls[name] = self.calls.get(name, 0) + 1
             self.after.setdefault(name, set()).add(self.returned)
         return hook
 
     def post_hook(self, name):
         def hook(mod, args, out):
-            _, start, in_born = self.stack.pop()
+            _, start, in_born, src_born = self.stack.pop()
             self.returned = name
             if torch.is_tensor(out):
                 t, index = out, None
@@ -273,9 +319,11 @@ class _AddWatcher(TorchFunctionMode):
             self.versions[id(t)] = t._version
             link = (name, index, t.numel())
             if prev is not None:  # a pass-through (dropout, drop path, identity) of a known value
-                self.values[id(t)] = dataclasses.replace(prev, chain=prev.chain + (link,), in_born=in_born)
+                self.values[id(t)] = dataclasses.replace(prev, chain=prev.chain + (link,), in_born=in_born,
+                                                         fed_by=prev.fed_by + ((in_born, src_born),))
             else:
-                self.values[id(t)] = _Value((link,), min(start, self._born_of(t)), in_born)
+                self.values[id(t)] = _Value((link,), min(start, self._born_of(t)), in_born,
+                                            fed_by=((in_born, src_born),))
             self.keep.append(t)
         return hook
 
@@ -325,10 +373,12 @@ class _AddWatcher(TorchFunctionMode):
                              f"padding")
             kind = guess_kind(name, self.modules[name], owner, self.modules.get(owner),
                                [c[0] for c in reversed(chain[:k - 1 if end else k])])
-            found.setdefault(name, dict(name=name, block=owner, kind=kind, output_index=index,
-                                        inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k),
-                                        skip=None, source="probe",
-                                        note="; ".join(notes), end=end))
+            site = dict(name=name, block=owner, kind=kind, output_index=index,
+                        inplace=(inplace and k == len(chain) - 1) or self._mutated(chain, k), skip=None,
+                        source="probe", note="; ".join(notes), end=end)
+            if tid in self.layers:
+                site["layer"] = self.layers[tid]
+            found.setdefault(name, site)
         return list(found.values())
 
     def _shared_ends(self, level: dict) -> set:
@@ -370,6 +420,9 @@ def _run_probe(model: nn.Module, args: tuple, kwargs: dict) -> _AddWatcher:
     args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
     kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
     watcher = _AddWatcher(model)
+    for t in _tensor_args(args, kwargs):  # the inputs are born first (parameters and buffers never are: -1), so a
+        watcher.born[id(t)] = 0  # branch computed from an input is told from one added to a parameter
+        watcher.keep.append(t)
     handles = []
     for name, mod in model.named_modules():
         if name:

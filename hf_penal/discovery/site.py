@@ -15,7 +15,9 @@ class ResidualSite:
     name: qualified name of the submodule whose output is the branch output z.
     block: qualified name of the module that owns the residual add.
     kind: "attention", "cross_attention", "mlp" or "conv".
-    layer: qualified name of the layer the site belongs to (diagnostics aggregate per layer).
+    layer: qualified name of the layer the site belongs to (diagnostics aggregate per layer); where a model's own
+        forward adds branches kept in ModuleLists (XLM's ``attentions.3`` and ``ffns.3``), the owner's name and
+        the list index (``transformer.3``).
     depth: index of that layer in model order (0-based); n_layers: number of layers with sites.
     output_index: None if the module returns z, else z's index in the returned tuple.
     inplace: the model modifies z in place after the module (the op then keeps a copy of z).
@@ -73,7 +75,7 @@ def as_sites(model: nn.Module, raw: list[dict]) -> list[ResidualSite]:
     modules = dict(model.named_modules())
     layers: list[str] = []
     for s in raw:
-        lay = _layer_of(model, s["block"], modules)
+        lay = s.get("layer") or _layer_of(model, s["block"], modules)
         s["layer"] = lay
         if lay not in layers:
             layers.append(lay)
