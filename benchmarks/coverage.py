@@ -63,6 +63,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import re
@@ -632,6 +633,47 @@ def _tiles(cfg, before) -> None:
             _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
 
 
+
+_EXPERTS = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
+_EXPERT_GROUPS = ("n_group", "num_expert_group")
+
+
+def _default_ties(cfg, before) -> None:
+    """Ties between fields that held in the default config (`before`) and that shrinking broke, restored on the
+    config and its sub-configs (in place): a state-space mixer's heads × head width = expand × hidden width (Mamba-2's
+    ``num_heads`` × ``head_dim`` = ``expand`` × ``hidden_size``: the heads recomputed at the shrunk head width, its
+    B/C ``n_groups`` a divisor of them); a multi-head latent attention's ``head_dim`` that was its whole query-key
+    head (``qk_nope_head_dim`` + ``qk_rope_head_dim``, rotated in part by ``partial_rotary_factor``: Mistral-4) rather
+    than its rotary part (`_consistent`'s default); routed-expert groups (``n_group`` / ``num_expert_group``, with
+    ``topk_group``) that divide the shrunk expert count into groups of at least 2 (the router takes each group's top
+    2); and a sliding window left unset (None) on a config that has other sliding-attention fields (its model builds
+    a sliding mask whatever its layer types): the whole ``max_position_embeddings``, so the mask is the causal one."""
+    for c, b in _configs_with(cfg, before):
+        hidden, heads, width, expand = (_int(c, k) for k in ("hidden_size", "num_heads", "head_dim", "expand"))
+        h0, n0, w0, e0 = (_int(b, k) or 0 for k in ("hidden_size", "num_heads", "head_dim", "expand"))
+        if hidden and heads and width and expand and "num_heads" in vars(c) and n0 * w0 == e0 * h0 > 0 and (
+                heads * width != expand * hidden and expand * hidden % width == 0):
+            _set(c, "num_heads", expand * hidden // width)
+            groups = _int(c, "n_groups")
+            if groups and c.num_heads % groups:
+                _set(c, "n_groups", math.gcd(groups, c.num_heads))
+        rope, nope = _int(c, "qk_rope_head_dim"), _int(c, "qk_nope_head_dim")
+        r0, q0 = _int(b, "qk_rope_head_dim") or 0, _int(b, "qk_nope_head_dim") or 0
+        if rope and nope and "head_dim" in vars(c) and r0 and q0 and _int(b, "head_dim") == r0 + q0:
+            _set(c, "head_dim", rope + nope)
+        experts = next((_int(c, k) for k in _EXPERTS if _int(c, k)), None)
+        for k in _EXPERT_GROUPS:
+            groups = _int(c, k)
+            if experts and groups and (experts % groups or experts // groups < 2):
+                new = max(g for g in range(1, max(1, experts // 2) + 1) if experts % g == 0 and experts // g >= 2)
+                _set(c, k, new)
+                if _int(c, "topk_group"):
+                    _set(c, "topk_group", max(1, min(c.topk_group, new * c.topk_group // groups)))
+        sliding = [k for k in vars(c) if "sliding" in k and k not in ("sliding_window", "use_sliding_window")]
+        if "sliding_window" in vars(c) and c.sliding_window is None and sliding and _int(
+                c, "max_position_embeddings"):
+            _set(c, "sliding_window", c.max_position_embeddings)
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -823,6 +865,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _tiles(cfg, before)
         if level == "small-heads":
             _default_heads(cfg, before)
+        _default_ties(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
