@@ -1152,12 +1152,13 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
 
 def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
     """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
-    argument the candidate lacks and a later candidate gives it, that candidate's own error instead (a config
-    inconsistency there is worth a retry at another config level, a missing input is not: `_NO_RETRY`)."""
+    argument the candidate lacks (or one it says to specify: "You have to specify bbox") and a later candidate gives
+    it, that candidate's own error instead (a config inconsistency there is worth a retry at another config level,
+    a missing input is not: `_NO_RETRY`)."""
     import torch
-    m = re.search(r"missing \d+ required positional argument: '(\w+)'", str(e))
+    m = re.search(r"missing \d+ required positional argument: '(\w+)'|You have to specify `?(\w+)", str(e))
     for args, kwargs in inputs_candidates if m else []:
-        if m.group(1) in kwargs:
+        if (m.group(1) or m.group(2)) in kwargs:
             try:
                 with torch.no_grad():
                     model.eval()(*args, **kwargs)
