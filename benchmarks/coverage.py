@@ -674,6 +674,39 @@ def _default_ties(cfg, before) -> None:
                 c, "max_position_embeddings"):
             _set(c, "sliding_window", c.max_position_embeddings)
 
+
+_MROPE_FALLBACK = re.compile(r"get\(\s*[\"']mrope_section[\"']\s*,\s*\[([\d,\s]+)\]\s*\)")
+
+
+def _mrope_fallback(cfg, before) -> None:
+    """M-RoPE sections that `_consistent` set on a config whose default names none (a scaled [16, 24, 24]), set
+    instead to the sections its modeling code falls back to (``rope_parameters.get("mrope_section", [22, 22, 20])``
+    in the source of the config's modeling module: Ernie-4.5-VL's, which stacks the first two sections, so they must
+    stay equal) scaled to the same sum, where that scaling keeps the fallback's equal sections equal and the
+    `_consistent` sections do not (in place; sub-configs too)."""
+    import importlib.util
+    for c, b in _configs_with(cfg, before):
+        rp, rp0 = getattr(c, "rope_parameters", None), getattr(b, "rope_parameters", None)
+        sec = rp.get("mrope_section") if isinstance(rp, dict) else None
+        if not isinstance(sec, (list, tuple)) or not isinstance(rp0, dict) or "mrope_section" in rp0:
+            continue
+        try:
+            spec = importlib.util.find_spec(type(c).__module__.replace(".configuration_", ".modeling_"))
+            m = _MROPE_FALLBACK.search(Path(spec.origin).read_text()) if spec and spec.origin else None
+        except (ImportError, OSError, ValueError):
+            m = None
+        fallback = [int(x) for x in m.group(1).split(",") if x.strip()] if m else []
+        if len(fallback) != len(sec) or not sum(fallback):
+            continue
+        total = sum(sec)
+        exact = [x * total / sum(fallback) for x in fallback]
+        new = [int(x) for x in exact]
+        for i in sorted(range(len(new)), key=lambda i: new[i] - exact[i])[:total - sum(new)]:
+            new[i] += 1
+        pairs = [(i, j) for i in range(len(fallback)) for j in range(i + 1, len(fallback)) if fallback[i] == fallback[j]]
+        if min(new) > 0 and all(new[i] == new[j] for i, j in pairs) and any(sec[i] != sec[j] for i, j in pairs):
+            rp["mrope_section"] = type(sec)(new)
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -866,6 +899,7 @@ def build_transformers(model_type: str, level: str = "small"):
         if level == "small-heads":
             _default_heads(cfg, before)
         _default_ties(cfg, before)
+        _mrope_fallback(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
