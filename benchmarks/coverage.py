@@ -703,7 +703,8 @@ def _mrope_fallback(cfg, before) -> None:
         new = [int(x) for x in exact]
         for i in sorted(range(len(new)), key=lambda i: new[i] - exact[i])[:total - sum(new)]:
             new[i] += 1
-        pairs = [(i, j) for i in range(len(fallback)) for j in range(i + 1, len(fallback)) if fallback[i] == fallback[j]]
+        n = len(fallback)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if fallback[i] == fallback[j]]
         if min(new) > 0 and all(new[i] == new[j] for i, j in pairs) and any(sec[i] != sec[j] for i, j in pairs):
             rp["mrope_section"] = type(sec)(new)
 

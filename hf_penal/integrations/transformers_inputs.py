@@ -51,8 +51,13 @@ per-token scalars); then, by argument name: images cut into the config's ``max_n
 (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required arguments too) at half height each,
 stacked along the height by the model (`_prompt_images`), a clip's frames folded into the batch (`_frames_in_batch`),
 patches as one row of patch images with an optional ``grid_thw`` (`_grid_patches`), and hidden states partitioned into
-the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again
-at batch 1.
+the config's ``num_windows`` windows (`_windowed_states`). After all of those, each text candidate with optional inputs
+beside the tokens (`_beside_text`: zero ``*token_type_ids``, per-object features at a config's ``<name>_dim``:
+``visual_feats`` / ``visual_pos``, other ``*_embeds`` beside ``inputs_embeds`` at the hidden or ``hidden_size_*``
+widths), then the first one with token ids and the forward's required integer arguments as ones (`_index_args`:
+``marks``, ``num_options``, ``question_type_ids``). A required ``<input>_padding`` is zeros like its input and a
+required argument with a config ``<name>_size`` a (BATCH, 1) code 0 (`_paddings_and_codes`: ``past_values_padding``,
+``freq``). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -583,10 +588,10 @@ def _beside_text(cfg, params, cands: list[dict]) -> list[dict]:
     and config fields: zero (text) token types for an argument ending in ``token_type_ids`` it lacks
     (``mm_token_type_ids``, which a multimodal forward requires in training); per-object features for an argument
     whose config names its width (``<name>_dim``, or ``<stem>_dim`` of a plural ``<stem>s``: ``visual_feats`` at
-    ``visual_feat_dim``, ``visual_pos`` at ``visual_pos_dim``: (BATCH, SEQ objects, width)); layout boxes with the
-    number of coordinates the config names (``bbox`` at ``dim_bbox``, other than 4: a quadrilateral's corners
-    x0 y0 x1 y0 x1 y1 x0 y1, normalised, x0 < x1, y0 < y1); and beside ``inputs_embeds``, the other ``*_embeds``
-    arguments at the widths of `_states` (a decoder fed its parent's patch embeddings, ``patch_embeds``)."""
+    ``visual_feat_dim``, ``visual_pos`` at ``visual_pos_dim``: (BATCH, SEQ objects, width)); and beside
+    ``inputs_embeds``, the other ``*_embeds`` arguments at the widths of `_states`, then at the config's
+    ``hidden_size_*`` widths (a decoder fed its parent's patch embeddings, ``patch_embeds`` at
+    ``hidden_size_global``)."""
     g, out = generator(), []
     texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
     texts = [c for i, c in enumerate(texts) if all(c.keys() != d.keys() or any(
@@ -595,7 +600,6 @@ def _beside_text(cfg, params, cands: list[dict]) -> list[dict]:
     feats = {n: _first_int([cfg], n + "_dim", n[:-1] + "_dim" if n.endswith("s") else n + "_dim") for n in params
              if n not in ("input_ids", "inputs_embeds") and not n.endswith(("_ids", "_mask"))}
     feats = {n: d for n, d in feats.items() if d}
-    corners = _first_int([cfg], "dim_bbox")
     for c in texts:
         ids = c.get("input_ids", c.get("inputs_embeds"))
         b, n = ids.shape[:2]
@@ -603,14 +607,11 @@ def _beside_text(cfg, params, cands: list[dict]) -> list[dict]:
             out.append({**c, **{t: torch.zeros(b, n, dtype=torch.long) for t in types if t not in c}})
         if feats and not feats.keys() <= c.keys():
             out.append({**c, **{k: torch.randn(b, SEQ, d, generator=g) for k, d in feats.items() if k not in c}})
-        if "bbox" in params and corners and corners != 4 and corners % 2 == 0:
-            lo, hi = torch.rand(b, n, 2, generator=g) * 0.5, 0.5 + torch.rand(b, n, 2, generator=g) * 0.5
-            quad = torch.stack([lo[..., 0], lo[..., 1], hi[..., 0], lo[..., 1], hi[..., 0], hi[..., 1], lo[..., 0],
-                                hi[..., 1]], -1)
-            out.append({**c, "bbox": quad.repeat(1, 1, -(-corners // 8))[..., :corners]})
         embeds = [k for k in params if k.endswith("_embeds") and k != "inputs_embeds" and k not in c]
         if "inputs_embeds" in c and embeds:
-            out += [{**c, **{k: torch.randn(b, SEQ, x.shape[-1], generator=g) for k in embeds}} for x in _states(cfg)]
+            widths = [x.shape[-1] for x in _states(cfg)] + [v for k, v in vars(cfg).items() if k.startswith(
+                "hidden_size_") and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+            out += [{**c, **{k: torch.randn(b, SEQ, w, generator=g) for k in embeds}} for w in dict.fromkeys(widths)]
     return out
 
 
