@@ -33,7 +33,12 @@ per-model time limit; a worker that dies is replaced and the model recorded as c
 Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
 audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
 default head counts at the small head width (`_default_heads`: a forward that splits heads into a fixed number of
-groups, CodeGen's 4).
+groups, CodeGen's 4). Ties that held in the default config are restored where the shrink broke them
+(`_default_ties`: a Mamba-2 mixer's heads × head_dim = expand × hidden_size with n_groups dividing the heads, a latent
+attention's head_dim = nope + rope where it was so, routed-expert groups dividing the shrunk expert count, an unset
+sliding window on a config with other sliding fields set to max_position_embeddings), and M-RoPE sections follow the
+modeling code's fallback where the default config names none and that fallback has equal sections the scaled
+[16, 24, 24] breaks (`_mrope_fallback`: Ernie-4.5-VL).
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
