@@ -33,7 +33,12 @@ per-model time limit; a worker that dies is replaced and the model recorded as c
 Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
 audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
 default head counts at the small head width (`_default_heads`: a forward that splits heads into a fixed number of
-groups, CodeGen's 4).
+groups, CodeGen's 4). Ties that held in the default config are restored where the shrink broke them
+(`_default_ties`: a Mamba-2 mixer's heads × head_dim = expand × hidden_size with n_groups dividing the heads, a latent
+attention's head_dim = nope + rope where it was so, routed-expert groups dividing the shrunk expert count, an unset
+sliding window on a config with other sliding fields set to max_position_embeddings), and M-RoPE sections follow the
+modeling code's fallback where the default config names none and that fallback has equal sections the scaled
+[16, 24, 24] breaks (`_mrope_fallback`: Ernie-4.5-VL).
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
@@ -63,6 +68,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import re
@@ -632,6 +638,81 @@ def _tiles(cfg, before) -> None:
             _set(cfg, k, type(v)(min(depth - 1, round(i * (depth - 1) / max(1, depth0 - 1))) for i in v))
 
 
+
+_EXPERTS = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
+_EXPERT_GROUPS = ("n_group", "num_expert_group")
+
+
+def _default_ties(cfg, before) -> None:
+    """Ties between fields that held in the default config (`before`) and that shrinking broke, restored on the
+    config and its sub-configs (in place): a state-space mixer's heads × head width = expand × hidden width (Mamba-2's
+    ``num_heads`` × ``head_dim`` = ``expand`` × ``hidden_size``: the heads recomputed at the shrunk head width, its
+    B/C ``n_groups`` a divisor of them); a multi-head latent attention's ``head_dim`` that was its whole query-key
+    head (``qk_nope_head_dim`` + ``qk_rope_head_dim``, rotated in part by ``partial_rotary_factor``: Mistral-4) rather
+    than its rotary part (`_consistent`'s default); routed-expert groups (``n_group`` / ``num_expert_group``, with
+    ``topk_group``) that divide the shrunk expert count into groups of at least 2 (the router takes each group's top
+    2); and a sliding window left unset (None) on a config that has other sliding-attention fields (its model builds
+    a sliding mask whatever its layer types): the whole ``max_position_embeddings``, so the mask is the causal one."""
+    for c, b in _configs_with(cfg, before):
+        hidden, heads, width, expand = (_int(c, k) for k in ("hidden_size", "num_heads", "head_dim", "expand"))
+        h0, n0, w0, e0 = (_int(b, k) or 0 for k in ("hidden_size", "num_heads", "head_dim", "expand"))
+        if hidden and heads and width and expand and "num_heads" in vars(c) and n0 * w0 == e0 * h0 > 0 and (
+                heads * width != expand * hidden and expand * hidden % width == 0):
+            _set(c, "num_heads", expand * hidden // width)
+            groups = _int(c, "n_groups")
+            if groups and c.num_heads % groups:
+                _set(c, "n_groups", math.gcd(groups, c.num_heads))
+        rope, nope = _int(c, "qk_rope_head_dim"), _int(c, "qk_nope_head_dim")
+        r0, q0 = _int(b, "qk_rope_head_dim") or 0, _int(b, "qk_nope_head_dim") or 0
+        if rope and nope and "head_dim" in vars(c) and r0 and q0 and _int(b, "head_dim") == r0 + q0:
+            _set(c, "head_dim", rope + nope)
+        experts = next((_int(c, k) for k in _EXPERTS if _int(c, k)), None)
+        for k in _EXPERT_GROUPS:
+            groups = _int(c, k)
+            if experts and groups and (experts % groups or experts // groups < 2):
+                new = max(g for g in range(1, max(1, experts // 2) + 1) if experts % g == 0 and experts // g >= 2)
+                _set(c, k, new)
+                if _int(c, "topk_group"):
+                    _set(c, "topk_group", max(1, min(c.topk_group, new * c.topk_group // groups)))
+        sliding = [k for k in vars(c) if "sliding" in k and k not in ("sliding_window", "use_sliding_window")]
+        if "sliding_window" in vars(c) and c.sliding_window is None and sliding and _int(
+                c, "max_position_embeddings"):
+            _set(c, "sliding_window", c.max_position_embeddings)
+
+
+_MROPE_FALLBACK = re.compile(r"get\(\s*[\"']mrope_section[\"']\s*,\s*\[([\d,\s]+)\]\s*\)")
+
+
+def _mrope_fallback(cfg, before) -> None:
+    """M-RoPE sections that `_consistent` set on a config whose default names none (a scaled [16, 24, 24]), set
+    instead to the sections its modeling code falls back to (``rope_parameters.get("mrope_section", [22, 22, 20])``
+    in the source of the config's modeling module: Ernie-4.5-VL's, which stacks the first two sections, so they must
+    stay equal) scaled to the same sum, where that scaling keeps the fallback's equal sections equal and the
+    `_consistent` sections do not (in place; sub-configs too)."""
+    import importlib.util
+    for c, b in _configs_with(cfg, before):
+        rp, rp0 = getattr(c, "rope_parameters", None), getattr(b, "rope_parameters", None)
+        sec = rp.get("mrope_section") if isinstance(rp, dict) else None
+        if not isinstance(sec, (list, tuple)) or not isinstance(rp0, dict) or "mrope_section" in rp0:
+            continue
+        try:
+            spec = importlib.util.find_spec(type(c).__module__.replace(".configuration_", ".modeling_"))
+            m = _MROPE_FALLBACK.search(Path(spec.origin).read_text()) if spec and spec.origin else None
+        except (ImportError, OSError, ValueError):
+            m = None
+        fallback = [int(x) for x in m.group(1).split(",") if x.strip()] if m else []
+        if len(fallback) != len(sec) or not sum(fallback):
+            continue
+        total = sum(sec)
+        exact = [x * total / sum(fallback) for x in fallback]
+        new = [int(x) for x in exact]
+        for i in sorted(range(len(new)), key=lambda i: new[i] - exact[i])[:total - sum(new)]:
+            new[i] += 1
+        n = len(fallback)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if fallback[i] == fallback[j]]
+        if min(new) > 0 and all(new[i] == new[j] for i, j in pairs) and any(sec[i] != sec[j] for i, j in pairs):
+            rp["mrope_section"] = type(sec)(new)
+
 def _int(cfg, k):
     v = getattr(cfg, k, None)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
@@ -823,6 +904,8 @@ def build_transformers(model_type: str, level: str = "small"):
         _tiles(cfg, before)
         if level == "small-heads":
             _default_heads(cfg, before)
+        _default_ties(cfg, before)
+        _mrope_fallback(cfg, before)
     elif level == "shallow":
         _shallow(cfg)
     if level != "default" and os.environ.get("COVERAGE_REDERIVE", "1") == "1":
@@ -1111,12 +1194,13 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
 
 def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
     """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
-    argument the candidate lacks and a later candidate gives it, that candidate's own error instead (a config
-    inconsistency there is worth a retry at another config level, a missing input is not: `_NO_RETRY`)."""
+    argument the candidate lacks (or one it says to specify: "You have to specify bbox") and a later candidate gives
+    it, that candidate's own error instead (a config inconsistency there is worth a retry at another config level,
+    a missing input is not: `_NO_RETRY`)."""
     import torch
-    m = re.search(r"missing \d+ required positional argument: '(\w+)'", str(e))
+    m = re.search(r"missing \d+ required positional argument: '(\w+)'|You have to specify `?(\w+)", str(e))
     for args, kwargs in inputs_candidates if m else []:
-        if m.group(1) in kwargs:
+        if (m.group(1) or m.group(2)) in kwargs:
             try:
                 with torch.no_grad():
                     model.eval()(*args, **kwargs)

@@ -51,8 +51,13 @@ per-token scalars); then, by argument name: images cut into the config's ``max_n
 (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required arguments too) at half height each,
 stacked along the height by the model (`_prompt_images`), a clip's frames folded into the batch (`_frames_in_batch`),
 patches as one row of patch images with an optional ``grid_thw`` (`_grid_patches`), and hidden states partitioned into
-the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again
-at batch 1.
+the config's ``num_windows`` windows (`_windowed_states`). After all of those, each text candidate with optional inputs
+beside the tokens (`_beside_text`: zero ``*token_type_ids``, per-object features at a config's ``<name>_dim``:
+``visual_feats`` / ``visual_pos``, other ``*_embeds`` beside ``inputs_embeds`` at the hidden or ``hidden_size_*``
+widths), then the first one with token ids and the forward's required integer arguments as ones (`_index_args`:
+``marks``, ``num_options``, ``question_type_ids``). A required ``<input>_padding`` is zeros like its input and a
+required argument with a config ``<name>_size`` a (BATCH, 1) code 0 (`_paddings_and_codes`: ``past_values_padding``,
+``freq``). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -265,8 +270,22 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return _named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+    return (_named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+            or _paddings_and_codes(cfg, name, required))
 
+
+
+def _paddings_and_codes(cfg, name: str, required: list[str]) -> list | None:
+    """Last, for required arguments no other name rule builds: a padding indicator of another required input
+    (``<input>_padding``, 1 where padded: zeros in that input's shape and dtype, one per alternative of it, so nothing
+    is padded: ``past_values_padding``); a code into a table whose size the config names (``<name>_size``: ``freq``
+    for ``freq_size``, an embedding index: (BATCH, 1) zeros). None otherwise."""
+    if name.endswith("_padding") and name[:-len("_padding")] in required:
+        alts = _required_alternatives(cfg, name[:-len("_padding")], required)
+        return [torch.zeros_like(x) for x in alts if torch.is_tensor(x)] or None if alts else None
+    if _first_int([cfg], name + "_size"):
+        return [torch.zeros(BATCH, 1, dtype=torch.long)]
+    return None
 
 def _sub_vocab_ids(cfg, name: str) -> list | None:
     """Token ids of a sub-model's own vocabulary, for a required ``<prefix>_input_ids`` where the config has a
@@ -558,8 +577,59 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _side_inputs(cfg, params, out) + _whole_audio(cfg, params)
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
-    return out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
+    out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
+    return out + _beside_text(cfg, params, out) + _index_args(params, out)
 
+
+
+def _beside_text(cfg, params, cands: list[dict]) -> list[dict]:
+    """Last of all (a model an earlier candidate runs keeps its inputs), each text candidate (``input_ids`` /
+    ``inputs_embeds``, one per layout) again with optional inputs beside the tokens, by the forward's argument names
+    and config fields: zero (text) token types for an argument ending in ``token_type_ids`` it lacks
+    (``mm_token_type_ids``, which a multimodal forward requires in training); per-object features for an argument
+    whose config names its width (``<name>_dim``, or ``<stem>_dim`` of a plural ``<stem>s``: ``visual_feats`` at
+    ``visual_feat_dim``, ``visual_pos`` at ``visual_pos_dim``: (BATCH, SEQ objects, width)); and beside
+    ``inputs_embeds``, the other ``*_embeds`` arguments at the widths of `_states`, then at the config's
+    ``hidden_size_*`` widths (a decoder fed its parent's patch embeddings, ``patch_embeds`` at
+    ``hidden_size_global``)."""
+    g, out = generator(), []
+    texts = [c for c in cands if torch.is_tensor(c.get("input_ids", c.get("inputs_embeds")))]
+    texts = [c for i, c in enumerate(texts) if all(c.keys() != d.keys() or any(
+        c[k].shape != d[k].shape for k in c if torch.is_tensor(c[k])) for d in texts[:i])]  # one per layout
+    types = [n for n in params if n.endswith("token_type_ids")]
+    feats = {n: _first_int([cfg], n + "_dim", n[:-1] + "_dim" if n.endswith("s") else n + "_dim") for n in params
+             if n not in ("input_ids", "inputs_embeds") and not n.endswith(("_ids", "_mask"))}
+    feats = {n: d for n, d in feats.items() if d}
+    for c in texts:
+        ids = c.get("input_ids", c.get("inputs_embeds"))
+        b, n = ids.shape[:2]
+        if any(t not in c for t in types):
+            out.append({**c, **{t: torch.zeros(b, n, dtype=torch.long) for t in types if t not in c}})
+        if feats and not feats.keys() <= c.keys():
+            out.append({**c, **{k: torch.randn(b, SEQ, d, generator=g) for k, d in feats.items() if k not in c}})
+        embeds = [k for k in params if k.endswith("_embeds") and k != "inputs_embeds" and k not in c]
+        if "inputs_embeds" in c and embeds:
+            widths = [x.shape[-1] for x in _states(cfg)] + [v for k, v in vars(cfg).items() if k.startswith(
+                "hidden_size_") and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+            out += [{**c, **{k: torch.randn(b, SEQ, w, generator=g) for k in embeds}} for w in dict.fromkeys(widths)]
+    return out
+
+
+_INDEX = re.compile(r"Long|Int")
+
+
+def _index_args(params, cands: list[dict]) -> list[dict]:
+    """Last of all, for a forward with required integer arguments that no rule builds (annotated ``LongTensor`` /
+    ``IntTensor``: positions, counts, type ids of a decision head: ``marks``, ``num_options``,
+    ``question_type_ids``): the first candidate with token ids, with each of them (BATCH, 1) ones: position 1, one
+    item, type 1 (valid in any table of two or more entries)."""
+    first = next((c for c in cands if torch.is_tensor(c.get("input_ids"))), None)
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    missing = [n for n in required if first is not None and n not in first]
+    if not missing or not all(_INDEX.search(str(params[n].annotation)) for n in missing):
+        return []
+    return [{**first, **{n: torch.ones(BATCH, 1, dtype=torch.long) for n in missing}}]
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
     """Last of all, for a forward that takes ``pixel_values``: each candidate with images (BATCH, channels, h, w)
