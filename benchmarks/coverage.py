@@ -10,7 +10,7 @@ __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamb
 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
 image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`; a width
 list ending in the width a sibling reads, `_sibling_width_lists`; a ``*_features`` twin of a shrunk prefixed width,
-`_twin_features`), feature-map
+`_twin_features`; a sub-config's ``*_dim`` at its parent's hidden size, `_parent_dims`), feature-map
 sizes and timm backbone levels (`_feature_sizes`, `_timm_backbone_levels`) kept consistent with the shrunk widths and
 image sizes; a field whose default is the sum of the config's and a sub-config's hidden_size follows their shrunk sum,
 `_width_sums`; a field the config class derives a shrunk width from is shrunk with it (LightGlue's descriptor_dim,
@@ -367,12 +367,12 @@ def _sibling_width_lists(cfg, before) -> None:
     width) and that shrinking left as it was: the list scaled so that it ends in the sibling's shrunk hidden size
     (in place; sub-configs of sub-configs too)."""
     for c, b in _configs_with(cfg, before):
-        subs = [(v, getattr(b, k, None)) for k, v in vars(c).items() if _is_config(v)]
+        subs = [(v, vars(b).get(k)) for k, v in vars(c).items() if _is_config(v)]
         subs = [(s, sb) for s, sb in subs if _is_config(sb)]
         for s, sb in subs:
             for k, v in list(vars(s).items()):
                 if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                    and x > 0 for x in v)) or v != getattr(sb, k, None):
+                                                                    and x > 0 for x in v)) or v != vars(sb).get(k):
                     continue
                 for t, tb in subs:
                     old, new = _int(tb, "hidden_size"), _int(t, "hidden_size")
@@ -388,7 +388,7 @@ def _twin_features(cfg, before) -> None:
     config and its sub-configs)."""
     for c, b in _configs_with(cfg, before):
         for k, v in list(vars(c).items()):
-            if not (k.endswith("_features") and _int(c, k) and v == getattr(b, k, None)):
+            if not (k.endswith("_features") and _int(c, k) and v == vars(b).get(k)):
                 continue
             for f, old in vars(b).items():
                 new = _int(c, f)
@@ -396,6 +396,24 @@ def _twin_features(cfg, before) -> None:
                         and _PREFIXED[0][0].search(f)):
                     _set(c, k, new)
                     break
+
+
+def _parent_dims(cfg, before) -> None:
+    """A sub-config's ``*_dim`` width that equalled its parent config's ``hidden_size`` before shrinking and that
+    shrinking left as it was (the width the sub-model hands its parent: SuperGlue's keypoint detector's
+    ``descriptor_decoder_dim``, the descriptors its GNN reads at ``hidden_size``): set to the parent's shrunk hidden
+    size (in place; every level of nesting)."""
+    for c, b in _configs_with(cfg, before):
+        old, new = _int(b, "hidden_size"), _int(c, "hidden_size")
+        if not (old and new and new < old):
+            continue
+        for k, sub in vars(c).items():
+            sb = vars(b).get(k)
+            if not (_is_config(sub) and _is_config(sb)):
+                continue
+            for f, v in list(vars(sub).items()):
+                if f.endswith("_dim") and f not in _TABLE_KEYS and _int(sub, f) == old and vars(sb).get(f) == old:
+                    _set(sub, f, new)
 
 
 def _configs_with(cfg, before) -> list[tuple]:
@@ -856,6 +874,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _sibling_widths(cfg, before)
         _sibling_width_lists(cfg, before)
         _twin_features(cfg, before)
+        _parent_dims(cfg, before)
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
