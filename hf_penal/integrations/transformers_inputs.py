@@ -911,7 +911,9 @@ def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
     for a required ``<prefix>_grid_thw`` (a grid counted in merged tokens, ``spatial_merge_size`` m): one (1, 2, 2)
     grid per image and its tokens as channels-last patch images (tokens, m·p, m·p, channels); images for a required
     ``hidden_states`` where the model's main input is ``pixel_values`` and the forward takes none (a convolutional
-    backbone whose forward names its images so) and where no earlier candidate gives it; Pix2Struct-style
+    backbone whose forward names its images so) and where no earlier candidate gives it; a head's required
+    ``hidden_states`` (its only required argument) at each int ``*_out_channels`` width of the config (the channels
+    of the features it reads: ``post_conv_out_channels``), (BATCH, SEQ, width); Pix2Struct-style
     ``flattened_patches`` where the forward takes them but its main input is another (`_flattened_patches`); a
     required int ``num_<x>`` count of the sequence's leading tokens (SEQ // 2) beside the first candidate that
     lacks only it; and the first text-and-image candidate with an ``<x>_embeds_position_mask`` marking where the
@@ -939,6 +941,10 @@ def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
     if (main == "pixel_values" and "pixel_values" not in params and "hidden_states" in required
             and not any("hidden_states" in c for c in cands)):
         out.append({"hidden_states": _pixels(cfg)})
+    if "hidden_states" in required and set(required) <= {"hidden_states"}:  # a head fed another net's features
+        widths = [v for k, v in vars(cfg).items() if k.endswith("_out_channels") and isinstance(v, int)
+                  and not isinstance(v, bool) and v > 0]
+        out += [{"hidden_states": torch.randn(BATCH, SEQ, w, generator=g)} for w in dict.fromkeys(widths)]
     if "flattened_patches" in params and main != "flattened_patches" and not any(
             "flattened_patches" in c for c in cands):
         out.append({"flattened_patches": _flattened_patches(cfg)})
