@@ -411,7 +411,7 @@ def _parent_dims(cfg, before) -> None:
             sb = vars(b).get(k)
             if not (_is_config(sub) and _is_config(sb)):
                 continue
-            for f, v in list(vars(sub).items()):
+            for f in list(vars(sub)):
                 if f.endswith("_dim") and f not in _TABLE_KEYS and _int(sub, f) == old and vars(sb).get(f) == old:
                     _set(sub, f, new)
 

@@ -51,8 +51,13 @@ per-token scalars); then, by argument name: images cut into the config's ``max_n
 (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required arguments too) at half height each,
 stacked along the height by the model (`_prompt_images`), a clip's frames folded into the batch (`_frames_in_batch`),
 patches as one row of patch images with an optional ``grid_thw`` (`_grid_patches`), and hidden states partitioned into
-the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again
-at batch 1.
+the config's ``num_windows`` windows (`_windowed_states`). After all of those (`_patch_layouts_r3`): images as rows of
+flattened patches (batch, patches, channels · patch²); a required ``grid_thw``'s patches as a batch of patch images;
+for a required ``<prefix>_grid_thw`` (a grid in merged tokens) its tokens as channels-last patch images (tokens,
+merge · patch, merge · patch, channels); images for a pixel model's required ``hidden_states``; ``flattened_patches``
+where the main input is another; a required int ``num_<x>`` count of leading tokens; an ``<x>_embeds_position_mask``
+for the config's ``latent_query_num`` image embeddings; a head's only required ``hidden_states`` at the config's
+``*_out_channels`` widths. `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
