@@ -8,7 +8,9 @@ config when that has at most 200 M parameters, last with its default head counts
 (`small-heads`, `_default_heads`); after shrinking, the fields the config class itself derives in its
 __init__ from the shrunk ones are computed again by the class, `_rederive`: Zamba2's attention_head_dim =
 2·hidden/heads, what BLT's config sets on its sub-configs; COVERAGE_REDERIVE=0 turns this off; a Q-Former model's unset
-image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`), feature-map
+image placeholder id is set, `_placeholder_token`; widths one sub-config hands another (`_sibling_widths`; a width
+list ending in the width a sibling reads, `_sibling_width_lists`; a ``*_features`` twin of a shrunk prefixed width,
+`_twin_features`; a sub-config's ``*_dim`` at its parent's hidden size, `_parent_dims`), feature-map
 sizes and timm backbone levels (`_feature_sizes`, `_timm_backbone_levels`) kept consistent with the shrunk widths and
 image sizes; a field whose default is the sum of the config's and a sub-config's hidden_size follows their shrunk sum,
 `_width_sums`; a field the config class derives a shrunk width from is shrunk with it (LightGlue's descriptor_dim,
@@ -363,6 +365,61 @@ def _sibling_widths(cfg, before, seen=None) -> None:
                         and v == old_w == getattr(tb, k, None) and w != old_w):
                     _set(t, k, w)
         _sibling_widths(s, b, seen)
+
+
+def _sibling_width_lists(cfg, before) -> None:
+    """A list of widths on one sub-config of a composite whose last entry is the width it hands a sibling (the
+    sibling's ``hidden_size`` before shrinking; DeepSeek-OCR-2's SAM ``downsample_channels`` ending in its encoder's
+    width) and that shrinking left as it was: the list scaled so that it ends in the sibling's shrunk hidden size
+    (in place; sub-configs of sub-configs too)."""
+    for c, b in _configs_with(cfg, before):
+        subs = [(v, vars(b).get(k)) for k, v in vars(c).items() if _is_config(v)]
+        subs = [(s, sb) for s, sb in subs if _is_config(sb)]
+        for s, sb in subs:
+            for k, v in list(vars(s).items()):
+                if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                    and x > 0 for x in v)) or v != vars(sb).get(k):
+                    continue
+                for t, tb in subs:
+                    old, new = _int(tb, "hidden_size"), _int(t, "hidden_size")
+                    if t is not s and old and new and new < old and v[-1] == old:
+                        _set(s, k, type(v)(max(1, x * new // old) for x in v))
+                        break
+
+
+def _twin_features(cfg, before) -> None:
+    """A ``*_features`` width on a config that equalled one of its prefixed width fields before shrinking (a
+    ``_PREFIXED`` width such as ``fusion_hidden_size``, which `_shrink` shrank) and that shrinking left as it was
+    (ZoeDepth's ``bottleneck_features``, the fused map's channels): set to that field's shrunk value (in place; the
+    config and its sub-configs)."""
+    for c, b in _configs_with(cfg, before):
+        for k, v in list(vars(c).items()):
+            if not (k.endswith("_features") and _int(c, k) and v == vars(b).get(k)):
+                continue
+            for f, old in vars(b).items():
+                new = _int(c, f)
+                if (f != k and new and isinstance(old, int) and old == v and new < old
+                        and _PREFIXED[0][0].search(f)):
+                    _set(c, k, new)
+                    break
+
+
+def _parent_dims(cfg, before) -> None:
+    """A sub-config's ``*_dim`` width that equalled its parent config's ``hidden_size`` before shrinking and that
+    shrinking left as it was (the width the sub-model hands its parent: SuperGlue's keypoint detector's
+    ``descriptor_decoder_dim``, the descriptors its GNN reads at ``hidden_size``): set to the parent's shrunk hidden
+    size (in place; every level of nesting)."""
+    for c, b in _configs_with(cfg, before):
+        old, new = _int(b, "hidden_size"), _int(c, "hidden_size")
+        if not (old and new and new < old):
+            continue
+        for k, sub in vars(c).items():
+            sb = vars(b).get(k)
+            if not (_is_config(sub) and _is_config(sb)):
+                continue
+            for f in list(vars(sub)):
+                if f.endswith("_dim") and f not in _TABLE_KEYS and _int(sub, f) == old and vars(sb).get(f) == old:
+                    _set(sub, f, new)
 
 
 def _configs_with(cfg, before) -> list[tuple]:
@@ -896,6 +953,9 @@ def build_transformers(model_type: str, level: str = "small"):
     if level in ("small", "small-kv", "small-heads"):
         _shrink(cfg, kv_heads=1 if level == "small" else None)
         _sibling_widths(cfg, before)
+        _sibling_width_lists(cfg, before)
+        _twin_features(cfg, before)
+        _parent_dims(cfg, before)
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)

@@ -205,6 +205,10 @@ BLOCKS: dict[str, Block] = {
     #     whose encoder states cross-attend to the prompt: residual + prompt_cross_attn_dropout(attn(norm(residual)))
     "Sam3LiteTextMaskDecoder": Block((Branch(("prompt_cross_attn_dropout",), "cross_attention",
                                              x=(input_of("prompt_cross_attn_norm"),)),)),
+    # --- transformers SuperGlue: its GNN adds each propagation layer's output (the message MLP's last linear, mlp.1,
+    #     returned unchanged as the layer's element 0) to the descriptors in its own loop, outside the numbered
+    #     layers where the probe looks: descriptors + layer(descriptors, ...)[0]
+    "SuperGlueAttentionalPropagation": Block((Branch(("mlp.1",), "mlp", x=(input_of(),)),)),
 }
 
 

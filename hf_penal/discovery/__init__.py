@@ -49,8 +49,11 @@ def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) 
             if strict and not raw:
                 raise
             probed = []
-        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".")
-                                           or s["name"].startswith(b + ".") for b in blocks)]
+        # a probed branch inside a table block, or one whose module is or holds a table block (SuperGlue's GNN adds
+        # each table-recorded layer's output in its own loop: the probe's site there is the table's branch again)
+        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".") or s["name"] == b
+                                           or s["name"].startswith(b + ".") or b.startswith(s["name"] + ".")
+                                           for b in blocks)]
         if probed and len(inside) < len(probed):
             order = {n: i for i, (n, _) in enumerate(model.named_modules())}
             raw = sorted(raw + [s for s in probed if s not in inside], key=lambda s: order[s["name"]])

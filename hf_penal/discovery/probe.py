@@ -1,14 +1,14 @@
-"""The generic probe: one forward pass on example inputs (the user's, or those that `hf_penal.discovery.inputs`
-builds) under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer (a list entry,
+"""The generic probe: one forward pass on example inputs (the user's, or those that `hf_penal.discovery.inputs` builds)
+under a TorchFunctionMode that watches every tensor addition. An add inside a numbered layer (a list entry,
 ``layer.3``, or a module named with its number, ``s1.b2``), one of whose operands is the output z of a submodule M
 while another existed before M started, is a residual add and M ends the branch, provided z is used only in that add.
 Outside numbered layers (XLM adds ``x + attentions[i](x)`` in the model's own forward) M must be a list entry
-computed from the stream it is added to, and its index is the layer. A position embedding added to the normed
-stream (``q = norm(x) + pos``, the norm's output also attention's value or the next residual) is not a branch. A chain of adds counts as one add of
-all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per branch), and values keep
-their identity through shape-only ops (view, permute, roll, pad, slicing: windowed attention) and scaling by a
-constant (a number, a learned scale, or a gate computed from parameters alone: tanh(alpha)). A probe that cannot
-run the model raises `ProbeFailedError`."""
+computed from the stream it is added to, and its index is the layer. A position embedding added to the normed stream
+(``q = norm(x) + pos``, the norm's output also attention's value or the next residual) is not a branch. A chain of
+adds counts as one add of all its operands (parallel blocks, ``x + attn(ln1(x)) + mlp(ln2(x))``, give one site per
+branch), and values keep their identity through shape-only ops (view, permute, roll, pad, slicing: windowed
+attention) and scaling by a constant (a number, a learned scale, or a gate computed from parameters alone:
+tanh(alpha)). A probe that cannot run the model raises `ProbeFailedError`."""
 from __future__ import annotations
 
 import dataclasses

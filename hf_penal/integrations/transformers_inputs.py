@@ -57,7 +57,13 @@ beside the tokens (`_beside_text`: zero ``*token_type_ids``, per-object features
 widths), then the first one with token ids and the forward's required integer arguments as ones (`_index_args`:
 ``marks``, ``num_options``, ``question_type_ids``). A required ``<input>_padding`` is zeros like its input and a
 required argument with a config ``<name>_size`` a (BATCH, 1) code 0 (`_paddings_and_codes`: ``past_values_padding``,
-``freq``). `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
+``freq``). Then (`_patch_layouts_r3`): images as rows of flattened patches (batch, patches, channels · patch²); a
+required ``grid_thw``'s patches as a batch of patch images; for a required ``<prefix>_grid_thw`` (a grid in merged
+tokens) its tokens as channels-last patch images (tokens, merge · patch, merge · patch, channels); images for a pixel
+model's required ``hidden_states``; ``flattened_patches`` where the main input is another; a required int ``num_<x>``
+count of leading tokens; an ``<x>_embeds_position_mask`` for the config's ``latent_query_num`` image embeddings; a
+head's only required ``hidden_states`` at the config's ``*_out_channels`` widths. `hf_penal.discovery.inputs` then adds
+every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -578,7 +584,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
-    return out + _beside_text(cfg, params, out) + _index_args(params, out)
+    return out + _beside_text(cfg, params, out) + _index_args(params, out) + _patch_layouts_r3(cfg, params, main, out)
 
 
 
@@ -970,3 +976,68 @@ def example_inputs(model: nn.Module) -> list[tuple] | None:
     if not (hasattr(model, "config") and hasattr(model.config, "to_dict") and hasattr(model, "main_input_name")):
         return None
     return [((), kw) for kw in _keyword_candidates(model)]
+
+
+def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
+    """Last of all (a model an earlier candidate runs keeps its inputs), pixel layouts by the forward's argument
+    names and config fields: images as rows of flattened patches (BATCH, (h / p)·(w / p), channels · p²) at the
+    image size (``patch_size`` p; a tower whose patch embedding is a linear layer over whole rows); a patch grid's
+    patches as a batch of patch images (patches, channels · temporal patch, p, p) with a required ``grid_thw``;
+    for a required ``<prefix>_grid_thw`` (a grid counted in merged tokens, ``spatial_merge_size`` m): one (1, 2, 2)
+    grid per image and its tokens as channels-last patch images (tokens, m·p, m·p, channels); images for a required
+    ``hidden_states`` where the model's main input is ``pixel_values`` and the forward takes none (a convolutional
+    backbone whose forward names its images so) and where no earlier candidate gives it; a head's required
+    ``hidden_states`` (its only required argument) at each int ``*_out_channels`` width of the config (the channels
+    of the features it reads: ``post_conv_out_channels``), (BATCH, SEQ, width); Pix2Struct-style
+    ``flattened_patches`` where the forward takes them but its main input is another (`_flattened_patches`); a
+    required int ``num_<x>`` count of the sequence's leading tokens (SEQ // 2) beside the first candidate that
+    lacks only it; and the first text-and-image candidate with an ``<x>_embeds_position_mask`` marking where the
+    config's ``latent_query_num`` image embeddings go (after one token), its ids lengthened to hold them."""
+    g, out = generator(), []
+    cs = _vision_cfgs(cfg)
+    p = _first_int(cs, "patch_size")
+    ch = _first_int(cs, "num_channels", "in_channels", default=3)
+    required = [n for n, q in params.items() if q.default is inspect.Parameter.empty
+                and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+    if p and "pixel_values" in params and not any(n.endswith("grid_thw") for n in params):
+        h, w = _pixels(cfg).shape[-2:]
+        if h >= p and w >= p:
+            out.append({"pixel_values": torch.randn(BATCH, (h // p) * (w // p), ch * p * p, generator=g)})
+    if "grid_thw" in required and "pixel_values" in params and p:
+        patches, grid, _ = _patch_grid(cfg)
+        if patches.shape[1] % (p * p) == 0:
+            out.append({"pixel_values": patches.reshape(patches.shape[0], -1, p, p), "grid_thw": grid})
+    grids = [n for n in required if n.endswith("_grid_thw")]
+    if grids and "pixel_values" in params and p:
+        m = _first_int(cs, "spatial_merge_size", "merge_size", default=1)
+        tokens = BATCH * 2 * 2
+        out.append({"pixel_values": torch.randn(tokens, m * p, m * p, ch, generator=g),
+                    **{n: torch.tensor([[1, 2, 2]] * BATCH) for n in grids}})
+    if (main == "pixel_values" and "pixel_values" not in params and "hidden_states" in required
+            and not any("hidden_states" in c for c in cands)):
+        out.append({"hidden_states": _pixels(cfg)})
+    if "hidden_states" in required and set(required) <= {"hidden_states"}:  # a head fed another net's features
+        widths = [v for k, v in vars(cfg).items() if k.endswith("_out_channels") and isinstance(v, int)
+                  and not isinstance(v, bool) and v > 0]
+        out += [{"hidden_states": torch.randn(BATCH, SEQ, w, generator=g)} for w in dict.fromkeys(widths)]
+    if "flattened_patches" in params and main != "flattened_patches" and not any(
+            "flattened_patches" in c for c in cands):
+        out.append({"flattened_patches": _flattened_patches(cfg)})
+    counts = [n for n in required if n.startswith("num_") and "int" in str(params[n].annotation)]
+    if counts:
+        base = next((c for c in cands if set(required) - set(c) == set(counts)), None)
+        if base is None:
+            alts = {n: _required_alternatives(cfg, n, required) for n in required if n not in counts}
+            base = {n: v[0] for n, v in alts.items() if v} if all(alts.values()) else None
+        if base is not None:
+            out.append({**base, **{n: SEQ // 2 for n in counts}})
+    masks = [n for n in params if n.endswith("_embeds_position_mask")]
+    k = _first_int([cfg], "latent_query_num")
+    first = next((c for c in cands if torch.is_tensor(c.get("input_ids")) and "pixel_values" in c), None)
+    if masks and k and first is not None:
+        ids = _token_ids(_sub(cfg, "text_config"), k + SEQ)
+        mask = torch.zeros(ids.shape, dtype=torch.long)
+        mask[:, 1:k + 1] = 1
+        extra = {"attention_mask": torch.ones(ids.shape, dtype=torch.long)} if "attention_mask" in first else {}
+        out.append({**first, "input_ids": ids, **extra, **{n: mask for n in masks}})
+    return out
