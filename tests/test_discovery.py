@@ -557,3 +557,36 @@ def test_sub_model_configs_are_measured_through_their_own_model_class(model_type
     rec = coverage.run_one("transformers", model_type, timeout=900)
     assert (rec["status"], rec["class"], rec["config"]) == ("ok", cls, "small")
     assert rec["rel_err"] < 1e-4 and rec["eval_identical"] and rec["covered"] == rec["blocks"] > 0
+
+
+class _Ffn(nn.Module):
+    def __init__(self, w=8):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(w, 2 * w), nn.Linear(2 * w, w)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class _LoopOfFfns(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ffns = nn.ModuleList(_Ffn() for _ in range(2))
+
+    def forward(self, x):
+        for f in self.ffns:
+            x = x + f(x)
+        return x
+
+
+def test_a_table_record_whose_branch_is_the_block_itself_names_the_site_after_it(monkeypatch):
+    from hf_penal import architectures as A
+    monkeypatch.setitem(A.BLOCKS, "_Ffn", A.Block((A.Branch(("",), "mlp"),)))
+    torch.manual_seed(0)
+    model, x = perturbed(_LoopOfFfns()), torch.randn(2, 3, 8)
+    found = hf_penal.sites(model, x)
+    assert [(s.name, s.block, s.source) for s in found] == [("ffns.0", "ffns.0", "table"), ("ffns.1", "ffns.1", "table")]
+    penal = hf_penal.apply(copy.deepcopy(model), tau=0.3)
+    loss = lambda m: m(x).square().mean()  # noqa: E731
+    want, _, n = grads(model, loss, [(r"ffns\.\d", None)], tau=0.3)
+    assert n == 2 and rel_err(grads(penal, loss)[0], want) < 1e-5

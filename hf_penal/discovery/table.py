@@ -56,7 +56,7 @@ def _branch_site(block: nn.Module, bname: str, branch: Branch) -> dict | None:
     skip = first_take(block, branch.x)
     width = feature_width(block, branch.width or (skip.path,)) if skip is not None else None
     end = f"{bname}.{branch.end}" if bname and branch.end else branch.end
-    return dict(name=f"{bname}.{rel}" if bname else rel, block=bname, kind=branch.kind, output_index=branch.index,
+    return dict(name=".".join(p for p in (bname, rel) if p), block=bname, kind=branch.kind, output_index=branch.index,
                 skip=skip, width=width, sum=first_take(block, branch.sum), end=end)
 
 
