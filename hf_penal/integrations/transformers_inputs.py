@@ -265,7 +265,21 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         cs = _vision_cfgs(cfg)
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
-    return _named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+    return (_named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
+            or _seq_len_ids(cfg, name))
+
+
+def _seq_len_ids(cfg, name: str) -> list | None:
+    """Token ids for a required ``<prefix>_inputs`` where the config names its length ``<prefix>_seq_len``
+    (OneFormer's ``task_inputs``: the tokenized task prompt, (batch, ``task_seq_len``)), below the config's
+    ``text_encoder_vocab_size`` / ``vocab_size``; None otherwise."""
+    if not name.endswith("_inputs"):
+        return None
+    n = _first_int([cfg], name[:-len("_inputs")] + "_seq_len")
+    if not n:
+        return None
+    vocab = _first_int([cfg], "text_encoder_vocab_size", "vocab_size", default=100)
+    return [torch.randint(3, max(4, min(vocab, 100)), (BATCH, n), generator=generator())]
 
 
 def _sub_vocab_ids(cfg, name: str) -> list | None:
@@ -491,6 +505,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     except (TypeError, ValueError):
         params = {}
     main = getattr(model, "main_input_name", "input_ids") or "input_ids"
+    if isinstance(main, (list, tuple)):  # several main inputs (OneFormer's pixels and task tokens): the first
+        main = main[0] if main else "input_ids"
     enc_main = getattr(getattr(model, "encoder", None), "main_input_name", None)
     if main not in ("input_ids", "pixel_values", "input_features", "input_values") and enc_main in params:
         main = enc_main  # an encoder-decoder whose main input is `inputs`: the encoder's (input_values)
