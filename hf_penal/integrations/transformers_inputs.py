@@ -574,7 +574,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _side_inputs(cfg, params, out) + _whole_audio(cfg, params)
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
-    return out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
+    out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
+    return out + _decoder_values(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -916,3 +917,14 @@ def example_inputs(model: nn.Module) -> list[tuple] | None:
     if not (hasattr(model, "config") and hasattr(model.config, "to_dict") and hasattr(model, "main_input_name")):
         return None
     return [((), kw) for kw in _keyword_candidates(model)]
+
+
+def _decoder_values(cfg, params) -> list[dict]:
+    """Last of all, for an encoder-decoder over continuous values (a forward that takes ``decoder_input_values``:
+    SpeechT5's model without its pre-nets, whose encoder and decoder read hidden states): ``input_values`` and
+    ``decoder_input_values`` both as hidden states at the widths of `_states` (the config's input / hidden width),
+    one candidate per width. [] for any other forward."""
+    if "decoder_input_values" not in params or "input_values" not in params:
+        return []
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    return [{"input_values": x, "decoder_input_values": x.flip(1), **extra} for x in _states(cfg)]
