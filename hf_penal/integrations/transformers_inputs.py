@@ -575,7 +575,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
-    return out + _decoder_values(cfg, params)
+    return out + _decoder_values(cfg, params) + _waveform_states(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -928,3 +928,18 @@ def _decoder_values(cfg, params) -> list[dict]:
         return []
     extra = {"use_cache": False} if "use_cache" in params else {}
     return [{"input_values": x, "decoder_input_values": x.flip(1), **extra} for x in _states(cfg)]
+
+
+def _waveform_states(cfg, params) -> list[dict]:
+    """Last of all, for a waveform encoder whose forward takes the samples as a required ``hidden_states`` (a
+    convolutional codec encoder: VibeVoice's acoustic tokenizer encoder): (BATCH, the config's ``channels`` /
+    ``audio_channels``, samples) with the samples two whole latent frames of the product of the config's
+    ``downsampling_ratios``. [] where the forward takes no required ``hidden_states`` or the config names no ratios."""
+    p = params.get("hidden_states")
+    ratios = getattr(cfg, "downsampling_ratios", None)
+    if p is None or p.default is not inspect.Parameter.empty or not (
+            isinstance(ratios, (list, tuple)) and ratios and all(isinstance(r, int) and r > 0 for r in ratios)):
+        return []
+    chans = _first_int([cfg], "channels", "audio_channels", default=1)
+    hop = int(torch.tensor(ratios).prod())
+    return [{"hidden_states": torch.randn(BATCH, chans, 2 * hop, generator=generator())}]
