@@ -575,7 +575,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
-    return out + _decoder_values(cfg, params) + _waveform_states(cfg, params)
+    return out + _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -943,3 +943,23 @@ def _waveform_states(cfg, params) -> list[dict]:
     chans = _first_int([cfg], "channels", "audio_channels", default=1)
     hop = int(torch.tensor(ratios).prod())
     return [{"hidden_states": torch.randn(BATCH, chans, 2 * hop, generator=generator())}]
+
+
+_MODALITIES = ("input_ids", "pixel_values", "pixel_values_videos", "input_values", "input_features")
+
+
+def _all_modalities(cfg, params) -> list[dict]:
+    """Last of all, for a forward that takes several modalities by name and requires a combination of them (a
+    tri-modal contrastive model, PE audio-video: at least two of text, video and audio; its text + video path alone
+    breaks): every modality input it names at once, each by `_required_alternatives` (the i-th alternative of each,
+    aligned: audio samples flat, then with a channel axis). [] where it names fewer than three of them."""
+    names = [n for n in _MODALITIES if n in params]
+    if len(names) < 3:
+        return []
+    alts = {n: _required_alternatives(cfg, n, []) or [] for n in names}
+    alts = {n: v for n, v in alts.items() if v}
+    if len(alts) < 3:
+        return []
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    n_alt = max(len(v) for v in alts.values())
+    return [{**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **extra} for i in range(n_alt)]
