@@ -588,6 +588,29 @@ def _width_sums(cfg, before, seen=None) -> None:
         _width_sums(sub, getattr(before, name), seen)
 
 
+_CHANNEL_FIELD = re.compile(r"_channels?$")
+
+
+def _channel_widths(cfg, before, seen=None) -> None:
+    """A channel count (a field ending in ``_channel`` / ``_channels``) whose default is the config's default
+    ``hidden_size`` set to the shrunk hidden size, where shrinking left it as it was (Phi-4-multimodal's audio
+    encoder: its convolution module's ``ext_pw_out_channel`` / ``depthwise_separable_out_channel`` and its
+    subsampler's ``nemo_conv_channels`` are the model width) (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
+    if own and own0 and own != own0:
+        for k, v in _fields(cfg).items():
+            if (_CHANNEL_FIELD.search(k) and k not in _TABLE_KEYS and _int(cfg, k) and v == own0
+                    and getattr(before, k, None) == v):
+                _set(cfg, k, own)
+    for k, sub in vars(cfg).items():
+        if _is_config(sub) and _is_config(getattr(before, k, None)):
+            _channel_widths(sub, getattr(before, k), seen)
+
+
 _LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")
 
 
@@ -818,6 +841,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
+        _channel_widths(cfg, before)
         _stage_doubled_widths(cfg, before)
         _layer_indices(cfg, before)
         _tiles(cfg, before)

@@ -575,7 +575,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
-    return out + _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
+    out = out + _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
+    return out + _optional_none(params, out)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -963,3 +964,18 @@ def _all_modalities(cfg, params) -> list[dict]:
     extra = {"use_cache": False} if "use_cache" in params else {}
     n_alt = max(len(v) for v in alts.values())
     return [{**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **extra} for i in range(n_alt)]
+
+
+def _optional_none(params, cands: list[dict]) -> list[dict]:
+    """Last of all: each candidate that gives a tensor for a required argument annotated as optional (``mask:
+    torch.Tensor | None`` with no default: Phi-4-multimodal's audio encoder, which builds its own streaming mask
+    where it gets None) again with None there (a tensor built for it by its annotation alone rarely has the shape
+    the forward wants). [] where the forward has no such argument."""
+    names = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and re.search(r"None|Optional", str(p.annotation))]
+    out = []
+    for c in cands:
+        hit = [n for n in names if torch.is_tensor(c.get(n))]
+        if hit:
+            out.append({**c, **{n: None for n in hit}})
+    return out
