@@ -576,7 +576,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
     out = out + _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
-    return out + _optional_none(params, out)
+    return out + _optional_none(params, out) + _common_mel(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -979,3 +979,17 @@ def _optional_none(params, cands: list[dict]) -> list[dict]:
         if hit:
             out.append({**c, **{n: None for n in hit}})
     return out
+
+
+_MEL_FIELDS = ("num_mel_bins", "feature_size", "input_feat_size", "input_feat_per_channel", "n_mels", "mel_bins",
+               "num_mels", "input_dim", "model_in_dim")
+
+
+def _common_mel(cfg, params) -> list[dict]:
+    """Last of all, for a forward that takes ``input_features`` on a config (nested ones included) that names no
+    feature width (none of `_MEL_FIELDS`): features (BATCH, 64 frames, 128 mel bins), the other common mel count
+    beside the 80 the earlier candidates assume (Gemma-4's audio encoder: its feature extractor's 128 bins, which its
+    config does not state; its subsampler's projection is sized for them). [] otherwise."""
+    if "input_features" not in params or _first_int(_configs(cfg), *_MEL_FIELDS):
+        return []
+    return [{"input_features": torch.randn(BATCH, 64, 128, generator=generator())}]
