@@ -611,6 +611,28 @@ def _channel_widths(cfg, before, seen=None) -> None:
             _channel_widths(sub, getattr(before, k), seen)
 
 
+_PER_BLOCK = re.compile(r"^num_\w+_per_block$")  # layers repeated inside each block: a depth
+_LATENT_WIDTH = re.compile(r"^d_latents?$")  # the width of a latent array (Perceiver's d_latents)
+
+
+def _latent_sizes(cfg, seen=None) -> None:
+    """A latent-array model's own depth and width fields, which the tables do not name: ``num_<x>_per_block``
+    (Perceiver's num_self_attends_per_block, 26 self-attention layers per block) at most 2, ``d_latents`` (its
+    latent width, 1280) at most the small width 32 (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    for k, v in _fields(cfg).items():
+        if _int(cfg, k) and _PER_BLOCK.search(k) and v > 2:
+            _set(cfg, k, 2)
+        elif _int(cfg, k) and _LATENT_WIDTH.search(k) and v > 32:
+            _set(cfg, k, 32)
+    for sub in vars(cfg).values():
+        if _is_config(sub):
+            _latent_sizes(sub, seen)
+
+
 _LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")
 
 
@@ -842,6 +864,7 @@ def build_transformers(model_type: str, level: str = "small"):
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
         _channel_widths(cfg, before)
+        _latent_sizes(cfg)
         _stage_doubled_widths(cfg, before)
         _layer_indices(cfg, before)
         _tiles(cfg, before)
