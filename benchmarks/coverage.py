@@ -1154,6 +1154,90 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
     return rec
 
 
+def _no_forward(model) -> bool:
+    """Whether the model's class defines no forward of its own (torch's ``_forward_unimplemented``): a composite
+    whose entry points are other methods (a VQ autoencoder's encode / decode, an omni model's generate)."""
+    from torch import nn
+    return type(model).forward is nn.Module.forward
+
+
+def _parts(model) -> list[tuple[str, object]]:
+    """The parts a model with no forward of its own is measured by (`check_parts`): its outermost submodules whose
+    class defines a forward and that hold a residual block (`residual_blocks`); submodules without a forward are
+    looked into."""
+    out = []
+
+    def walk(prefix, mod):
+        for n, c in mod.named_children():
+            name = f"{prefix}.{n}" if prefix else n
+            if not _no_forward(c):
+                if residual_blocks(c):
+                    out.append((name, c))
+            else:
+                walk(name, c)
+    walk("", model)
+    return out
+
+
+def _part_inputs(part, cfg) -> list[tuple]:
+    """Candidate inputs for one part: the probe's own where a builder claims it (a sub-model with its own config),
+    else its forward's required arguments built by name from the parent's config
+    (`transformers_inputs.inputs_with_config`), with those at batch 1 after them."""
+    from hf_penal.discovery.inputs import batch_one, probe_inputs
+    from hf_penal.integrations.transformers_inputs import inputs_with_config
+    if hasattr(part, "config") and hasattr(part.config, "to_dict"):
+        return probe_inputs(part)
+    cands = inputs_with_config(part, cfg)
+    return cands + batch_one(cands)
+
+
+def check_parts(model) -> dict:
+    """`check` for a model whose class defines no forward (`_no_forward`): each of its parts (`_parts`) checked as a
+    model of its own, on inputs built for it (`_part_inputs`; passed to the probe as the first candidate that runs);
+    the record sums their sites and blocks and is "ok" only where every part is (else the first other part's status,
+    its cause prefixed with the part's name); a model with no such part has no residual block to find: "no site"."""
+    import torch
+    parts = _parts(model)
+    rec: dict = {"builds": True, "params": sum(p.numel() for p in model.parameters()), "parts": [n for n, _ in parts]}
+    if not parts:
+        rec.update(status="no site", sites=0, blocks=0, covered=0,
+                   cause="no forward of its own, and no submodule with a forward holds a residual block")
+        return rec
+    subs = []
+    for name, part in parts:
+        cands = _part_inputs(part, model.config)
+        first = None
+        for args, kwargs in cands:
+            try:
+                with torch.no_grad():
+                    _seeded(part.eval(), *args, **kwargs)
+            except Exception:  # noqa: BLE001 - the next candidate may fit
+                continue
+            first = (args, kwargs)
+            break
+        if first is None:
+            sub = {"status": "inputs failed", "cause": "no candidate input runs it"}
+        else:
+            sub = check(part.train(), [first] + [c for c in cands if c is not first], [first])
+        subs.append((name, sub))
+    for k in ("sites", "blocks", "covered", "blocks_without_add"):
+        rec[k] = sum(sub.get(k, 0) for _, sub in subs)
+    errs = [sub["rel_err"] for _, sub in subs if "rel_err" in sub]
+    if errs:
+        rec["rel_err"] = max(errs)
+    rec["eval_identical"] = all(sub.get("eval_identical", False) for _, sub in subs)
+    rec["source"] = "+".join(dict.fromkeys(sub["source"] for _, sub in subs if sub.get("source"))) or "-"
+    bad = [(n, sub) for n, sub in subs if sub["status"] != "ok"]
+    if not bad:
+        rec["status"] = "ok"
+        rec["notes"] = [f"measured by its parts: {', '.join(rec['parts'])}"]
+    else:
+        n, sub = bad[0]
+        rec["status"] = sub["status"]
+        rec["cause"] = f"part {n}: {sub.get('cause', sub['status'])}"
+    return rec
+
+
 def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
     """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
     argument the candidate lacks and a later candidate gives it, that candidate's own error instead (a config
@@ -1256,6 +1340,9 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
         if library == "transformers":
             rec["class"] = type(model).__name__
         from hf_penal.discovery.inputs import probe_inputs
+        if given is None and _no_forward(model):
+            rec.update(check_parts(model))
+            return rec
         cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))
     except _Timeout:

@@ -993,3 +993,18 @@ def _common_mel(cfg, params) -> list[dict]:
     if "input_features" not in params or _first_int(_configs(cfg), *_MEL_FIELDS):
         return []
     return [{"input_features": torch.randn(BATCH, 64, 128, generator=generator())}]
+
+
+def inputs_with_config(module: nn.Module, cfg) -> list[tuple]:
+    """Candidate (args, kwargs) for a submodule with no config of its own (a composite's encoder), from its
+    forward's required arguments built by name (`_required_alternatives`) with its parent model's config `cfg`;
+    [] where one of them is not built."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not required:
+        return []
+    return [((), c) for c in _fill_required(cfg, params, [])]
