@@ -33,7 +33,12 @@ per-model time limit; a worker that dies is replaced and the model recorded as c
 Two more config rules: a hierarchical tower's hidden_size stays its prefixed first-stage width × 2^(stages-1) (CLAP's
 audio Swin, `_stage_doubled_widths`); and after every other level, a model is retried at the small config with its
 default head counts at the small head width (`_default_heads`: a forward that splits heads into a fixed number of
-groups, CodeGen's 4).
+groups, CodeGen's 4). Channel counts (``*_channel(s)``) at the default hidden size follow the shrunk one
+(`_channel_widths`); a latent-array model's ``num_<x>_per_block`` depth and ``d_latents`` width shrink too
+(`_latent_sizes`). A model whose class defines no forward (a VQ autoencoder used by encode / decode, an omni model by
+generate) is measured by its parts, `check_parts`: the outermost submodules with a forward that hold a residual
+block, each checked as a model on its own inputs; it is ok only where every part is, and with no such part it has no
+site.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's

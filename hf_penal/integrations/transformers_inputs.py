@@ -51,8 +51,15 @@ per-token scalars); then, by argument name: images cut into the config's ``max_n
 (``<p>_pixel_values``, ``<p>_masks``; built at the image size among the required arguments too) at half height each,
 stacked along the height by the model (`_prompt_images`), a clip's frames folded into the batch (`_frames_in_batch`),
 patches as one row of patch images with an optional ``grid_thw`` (`_grid_patches`), and hidden states partitioned into
-the config's ``num_windows`` windows (`_windowed_states`). `hf_penal.discovery.inputs` then adds every candidate again
-at batch 1.
+the config's ``num_windows`` windows (`_windowed_states`). After all of those: ``input_values`` and
+``decoder_input_values`` as hidden states for an encoder-decoder over continuous values (`_decoder_values`), a
+waveform encoder's samples as a channels-first ``hidden_states`` in whole latent frames of its
+``downsampling_ratios`` (`_waveform_states`), every modality input the forward names at once (`_all_modalities`),
+required arguments annotated optional given None (`_optional_none`), and features at 128 mel bins where no config
+field names a feature width (`_common_mel`). A required ``<prefix>_inputs`` is token ids of the config's
+``<prefix>_seq_len`` (`_seq_len_ids`); a list ``main_input_name`` counts by its first entry. `inputs_with_config`
+builds a config-less submodule's required arguments from its parent's config. `hf_penal.discovery.inputs` then adds
+every candidate again at batch 1.
 """
 from __future__ import annotations
 
