@@ -85,3 +85,16 @@ def test_a_model_with_no_forward_of_its_own_is_measured_by_its_parts():
     assert rec["status"] == "ok" and rec["parts"] == ["encoder"] and rec["covered"] == rec["blocks"] > 0, rec
     rec = coverage.check_parts(coverage.build_transformers("glm_image_vqmodel"))
     assert rec["status"] == "no site" and rec["parts"] == [], rec
+
+
+def test_one_denoising_step_of_a_code_conditioned_mel_generator():
+    """Qwen2.5-Omni's token-to-wave DiT: step times, codec ids, noisy and reference mel frames and a per-frame speaker
+    embedding, by name at the config's widths. Its transformer blocks add the branch under a gate computed from the
+    step time (adaLN-Zero: a per-sample gate, not a site); the speaker encoder's SE blocks are found."""
+    cfg = T.Qwen2_5OmniDiTConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, head_dim=16, emb_dim=16,
+                                 mel_dim=16, enc_emb_dim=8, enc_dim=16, enc_channels=[16, 16, 16, 16, 48],
+                                 enc_attention_channels=8, enc_se_channels=8, num_embeds=32, dropout=0.0,
+                                 look_ahead_layers=[1], look_backward_layers=[0])
+    kwargs = _check(T.Qwen2_5OmniToken2WavDiTModel(cfg), None)
+    assert kwargs["hidden_states"].shape == kwargs["condition_vector"].shape == (2, 16, 16)
+    assert kwargs["speaker_embedding"].shape == (2, 16, 8) and kwargs["quantized_code"].shape == (2, 8)

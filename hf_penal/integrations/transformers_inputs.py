@@ -55,11 +55,11 @@ the config's ``num_windows`` windows (`_windowed_states`). After all of those: `
 ``decoder_input_values`` as hidden states for an encoder-decoder over continuous values (`_decoder_values`), a
 waveform encoder's samples as a channels-first ``hidden_states`` in whole latent frames of its
 ``downsampling_ratios`` (`_waveform_states`), every modality input the forward names at once (`_all_modalities`),
-required arguments annotated optional given None (`_optional_none`), and features at 128 mel bins where no config
-field names a feature width (`_common_mel`). A required ``<prefix>_inputs`` is token ids of the config's
-``<prefix>_seq_len`` (`_seq_len_ids`); a list ``main_input_name`` counts by its first entry. `inputs_with_config`
-builds a config-less submodule's required arguments from its parent's config. `hf_penal.discovery.inputs` then adds
-every candidate again at batch 1.
+required arguments annotated optional given None (`_optional_none`), features at 128 mel bins where no config
+field names a feature width (`_common_mel`), and one denoising step of a code-conditioned mel generator
+(`_flow_step`). A required ``<prefix>_inputs`` is token ids of the config's ``<prefix>_seq_len`` (`_seq_len_ids`); a
+list ``main_input_name`` counts by its first entry. `inputs_with_config` builds a config-less submodule's required
+arguments from its parent's config. `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -583,7 +583,7 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
     out = out + _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
-    return out + _optional_none(params, out) + _common_mel(cfg, params)
+    return out + _optional_none(params, out) + _common_mel(cfg, params) + _flow_step(cfg, params)
 
 
 def _image_sets(params, cands: list[dict]) -> list[dict]:
@@ -1015,3 +1015,31 @@ def inputs_with_config(module: nn.Module, cfg) -> list[tuple]:
     if not required:
         return []
     return [((), c) for c in _fill_required(cfg, params, [])]
+
+
+def _flow_step(cfg, params) -> list[dict]:
+    """Last of all, one denoising step of a code-conditioned mel generator (a forward that requires ``time_step``
+    and a ``<x>_code``: Qwen2.5-Omni's token-to-wave DiT), each required argument by name and the config's widths:
+    the step times (BATCH,) in [0, 1), the codes (BATCH, SEQ) below ``num_embeds``, the frames (BATCH, SEQ ×
+    ``repeats``, width) at ``mel_dim`` for ``hidden_states`` and a ``*_vector`` (the reference mel), at
+    ``enc_emb_dim`` for a ``*_embedding`` (the speaker embedding per frame). [] where the forward or the config lacks
+    them, or requires another argument."""
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    codes = [n for n in required if n.endswith("_code")]
+    mel, emb, books = (_first_int([cfg], k) for k in ("mel_dim", "enc_emb_dim", "num_embeds"))
+    if "time_step" not in required or len(codes) != 1 or not (mel and emb and books):
+        return []
+    g = generator()
+    frames = SEQ * _first_int([cfg], "repeats", default=1)
+    out = {"time_step": torch.rand(BATCH, generator=g), codes[0]: torch.randint(0, books, (BATCH, SEQ), generator=g)}
+    for n in required:
+        if n in out:
+            continue
+        if n == "hidden_states" or n.endswith("_vector"):
+            out[n] = torch.randn(BATCH, frames, mel, generator=g)
+        elif n.endswith("_embedding"):
+            out[n] = torch.randn(BATCH, frames, emb, generator=g)
+        else:
+            return []
+    return [out]
