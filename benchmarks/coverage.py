@@ -41,6 +41,12 @@ attention's head_dim = nope + rope where it was so, routed-expert groups dividin
 sliding window on a config with other sliding fields set to max_position_embeddings), and M-RoPE sections follow the
 modeling code's fallback where the default config names none and that fallback has equal sections the scaled
 [16, 24, 24] breaks (`_mrope_fallback`: Ernie-4.5-VL).
+Channel counts (``*_channel(s)``) at the default hidden size follow the shrunk one
+(`_channel_widths`); a latent-array model's ``num_<x>_per_block`` depth and ``d_latents`` width shrink too
+(`_latent_sizes`). A model whose class defines no forward (a VQ autoencoder used by encode / decode, an omni model by
+generate) is measured by its parts, `check_parts`: the outermost submodules with a forward that hold a residual
+block, each checked as a model on its own inputs; it is ok only where every part is, and with no such part it has no
+site.
 
 The probe's inputs are built from the model's config (`hf_penal.integrations.transformers_inputs`: ids, pixels, audio,
 and a forward's other required arguments by name: patch grids with `grid_thw`, video clips, spectrograms, a parent's
@@ -651,6 +657,51 @@ def _width_sums(cfg, before, seen=None) -> None:
         _width_sums(sub, getattr(before, name), seen)
 
 
+_CHANNEL_FIELD = re.compile(r"_channels?$")
+
+
+def _channel_widths(cfg, before, seen=None) -> None:
+    """A channel count (a field ending in ``_channel`` / ``_channels``) whose default is the config's default
+    ``hidden_size`` set to the shrunk hidden size, where shrinking left it as it was (Phi-4-multimodal's audio
+    encoder: its convolution module's ``ext_pw_out_channel`` / ``depthwise_separable_out_channel`` and its
+    subsampler's ``nemo_conv_channels`` are the model width) (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen or type(cfg) is not type(before):
+        return
+    seen.add(id(cfg))
+    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
+    if own and own0 and own != own0:
+        for k, v in _fields(cfg).items():
+            if (_CHANNEL_FIELD.search(k) and k not in _TABLE_KEYS and _int(cfg, k) and v == own0
+                    and getattr(before, k, None) == v):
+                _set(cfg, k, own)
+    for k, sub in vars(cfg).items():
+        if _is_config(sub) and _is_config(getattr(before, k, None)):
+            _channel_widths(sub, getattr(before, k), seen)
+
+
+_PER_BLOCK = re.compile(r"^num_\w+_per_block$")  # layers repeated inside each block: a depth
+_LATENT_WIDTH = re.compile(r"^d_latents?$")  # the width of a latent array (Perceiver's d_latents)
+
+
+def _latent_sizes(cfg, seen=None) -> None:
+    """A latent-array model's own depth and width fields, which the tables do not name: ``num_<x>_per_block``
+    (Perceiver's num_self_attends_per_block, 26 self-attention layers per block) at most 2, ``d_latents`` (its
+    latent width, 1280) at most the small width 32 (in place; sub-configs too)."""
+    seen = seen if seen is not None else set()
+    if id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    for k, v in _fields(cfg).items():
+        if _int(cfg, k) and _PER_BLOCK.search(k) and v > 2:
+            _set(cfg, k, 2)
+        elif _int(cfg, k) and _LATENT_WIDTH.search(k) and v > 32:
+            _set(cfg, k, 32)
+    for sub in vars(cfg).values():
+        if _is_config(sub):
+            _latent_sizes(sub, seen)
+
+
 _LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")
 
 
@@ -959,6 +1010,8 @@ def build_transformers(model_type: str, level: str = "small"):
         _feature_sizes(cfg, before)
         _timm_backbone_levels(cfg, before)
         _width_sums(cfg, before)
+        _channel_widths(cfg, before)
+        _latent_sizes(cfg)
         _stage_doubled_widths(cfg, before)
         _layer_indices(cfg, before)
         _tiles(cfg, before)
@@ -1252,6 +1305,90 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
     return rec
 
 
+def _no_forward(model) -> bool:
+    """Whether the model's class defines no forward of its own (torch's ``_forward_unimplemented``): a composite
+    whose entry points are other methods (a VQ autoencoder's encode / decode, an omni model's generate)."""
+    from torch import nn
+    return type(model).forward is nn.Module.forward
+
+
+def _parts(model) -> list[tuple[str, object]]:
+    """The parts a model with no forward of its own is measured by (`check_parts`): its outermost submodules whose
+    class defines a forward and that hold a residual block (`residual_blocks`); submodules without a forward are
+    looked into."""
+    out = []
+
+    def walk(prefix, mod):
+        for n, c in mod.named_children():
+            name = f"{prefix}.{n}" if prefix else n
+            if not _no_forward(c):
+                if residual_blocks(c):
+                    out.append((name, c))
+            else:
+                walk(name, c)
+    walk("", model)
+    return out
+
+
+def _part_inputs(part, cfg) -> list[tuple]:
+    """Candidate inputs for one part: the probe's own where a builder claims it (a sub-model with its own config),
+    else its forward's required arguments built by name from the parent's config
+    (`transformers_inputs.inputs_with_config`), with those at batch 1 after them."""
+    from hf_penal.discovery.inputs import batch_one, probe_inputs
+    from hf_penal.integrations.transformers_inputs import inputs_with_config
+    if hasattr(part, "config") and hasattr(part.config, "to_dict"):
+        return probe_inputs(part)
+    cands = inputs_with_config(part, cfg)
+    return cands + batch_one(cands)
+
+
+def check_parts(model) -> dict:
+    """`check` for a model whose class defines no forward (`_no_forward`): each of its parts (`_parts`) checked as a
+    model of its own, on inputs built for it (`_part_inputs`; passed to the probe as the first candidate that runs);
+    the record sums their sites and blocks and is "ok" only where every part is (else the first other part's status,
+    its cause prefixed with the part's name); a model with no such part has no residual block to find: "no site"."""
+    import torch
+    parts = _parts(model)
+    rec: dict = {"builds": True, "params": sum(p.numel() for p in model.parameters()), "parts": [n for n, _ in parts]}
+    if not parts:
+        rec.update(status="no site", sites=0, blocks=0, covered=0,
+                   cause="no forward of its own, and no submodule with a forward holds a residual block")
+        return rec
+    subs = []
+    for name, part in parts:
+        cands = _part_inputs(part, model.config)
+        first = None
+        for args, kwargs in cands:
+            try:
+                with torch.no_grad():
+                    _seeded(part.eval(), *args, **kwargs)
+            except Exception:  # noqa: BLE001 - the next candidate may fit
+                continue
+            first = (args, kwargs)
+            break
+        if first is None:
+            sub = {"status": "inputs failed", "cause": "no candidate input runs it"}
+        else:
+            sub = check(part.train(), [first] + [c for c in cands if c is not first], [first])
+        subs.append((name, sub))
+    for k in ("sites", "blocks", "covered", "blocks_without_add"):
+        rec[k] = sum(sub.get(k, 0) for _, sub in subs)
+    errs = [sub["rel_err"] for _, sub in subs if "rel_err" in sub]
+    if errs:
+        rec["rel_err"] = max(errs)
+    rec["eval_identical"] = all(sub.get("eval_identical", False) for _, sub in subs)
+    rec["source"] = "+".join(dict.fromkeys(sub["source"] for _, sub in subs if sub.get("source"))) or "-"
+    bad = [(n, sub) for n, sub in subs if sub["status"] != "ok"]
+    if not bad:
+        rec["status"] = "ok"
+        rec["notes"] = [f"measured by its parts: {', '.join(rec['parts'])}"]
+    else:
+        n, sub = bad[0]
+        rec["status"] = sub["status"]
+        rec["cause"] = f"part {n}: {sub.get('cause', sub['status'])}"
+    return rec
+
+
 def _named_input_cause(model, inputs_candidates, e: BaseException) -> str:
     """The cause of a failed probe: the probe reports its first candidate's error; where that is a required
     argument the candidate lacks (or one it says to specify: "You have to specify bbox") and a later candidate gives
@@ -1355,6 +1492,9 @@ def _run_level(library: str, name: str, level: str, timeout: float) -> dict:
         if library == "transformers":
             rec["class"] = type(model).__name__
         from hf_penal.discovery.inputs import probe_inputs
+        if given is None and _no_forward(model):
+            rec.update(check_parts(model))
+            return rec
         cands = given or probe_inputs(model)
         rec.update(check(model, cands, given))
     except _Timeout:

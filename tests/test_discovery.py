@@ -585,7 +585,7 @@ def test_a_table_record_whose_branch_is_the_block_itself_names_the_site_after_it
     torch.manual_seed(0)
     model, x = perturbed(_LoopOfFfns()), torch.randn(2, 3, 8)
     found = hf_penal.sites(model, x)
-    assert [(s.name, s.block, s.source) for s in found] == [("ffns.0", "ffns.0", "table"), ("ffns.1", "ffns.1", "table")]
+    assert [(s.name, s.block, s.source) for s in found] == [(f"ffns.{i}", f"ffns.{i}", "table") for i in range(2)]
     penal = hf_penal.apply(copy.deepcopy(model), tau=0.3)
     loss = lambda m: m(x).square().mean()  # noqa: E731
     want, _, n = grads(model, loss, [(r"ffns\.\d", None)], tau=0.3)

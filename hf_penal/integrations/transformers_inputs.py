@@ -62,8 +62,15 @@ required ``grid_thw``'s patches as a batch of patch images; for a required ``<pr
 tokens) its tokens as channels-last patch images (tokens, merge · patch, merge · patch, channels); images for a pixel
 model's required ``hidden_states``; ``flattened_patches`` where the main input is another; a required int ``num_<x>``
 count of leading tokens; an ``<x>_embeds_position_mask`` for the config's ``latent_query_num`` image embeddings; a
-head's only required ``hidden_states`` at the config's ``*_out_channels`` widths. `hf_penal.discovery.inputs` then adds
-every candidate again at batch 1.
+head's only required ``hidden_states`` at the config's ``*_out_channels`` widths. Then: ``input_values`` and
+``decoder_input_values`` as hidden states for an encoder-decoder over continuous values (`_decoder_values`), a waveform
+encoder's samples as a channels-first ``hidden_states`` in whole latent frames of its ``downsampling_ratios``
+(`_waveform_states`), every modality input the forward names at once (`_all_modalities`), required arguments annotated
+optional given None (`_optional_none`), features at 128 mel bins where no config field names a feature width
+(`_common_mel`), and one denoising step of a code-conditioned mel generator (`_flow_step`). A required
+``<prefix>_inputs`` is token ids of the config's ``<prefix>_seq_len`` (`_seq_len_ids`); a list ``main_input_name``
+counts by its first entry. `inputs_with_config` builds a config-less submodule's required arguments from its parent's
+config. `hf_penal.discovery.inputs` then adds every candidate again at batch 1.
 """
 from __future__ import annotations
 
@@ -277,7 +284,20 @@ def _required_alternatives(cfg, name: str, required: list[str]) -> list | None:
         side = _first_int(cs, "image_size", default=64) // _first_int(cs, "patch_size", default=16) or 4
         return [torch.randn(BATCH, _first_int(cs, "hidden_size", default=32), side, side, generator=generator())]
     return (_named_states(cfg, name) or _named_audio(cfg, name, required) or _sub_vocab_ids(cfg, name)
-            or _paddings_and_codes(cfg, name, required))
+            or _seq_len_ids(cfg, name) or _paddings_and_codes(cfg, name, required))
+
+
+def _seq_len_ids(cfg, name: str) -> list | None:
+    """Token ids for a required ``<prefix>_inputs`` where the config names its length ``<prefix>_seq_len``
+    (OneFormer's ``task_inputs``: the tokenized task prompt, (batch, ``task_seq_len``)), below the config's
+    ``text_encoder_vocab_size`` / ``vocab_size``; None otherwise."""
+    if not name.endswith("_inputs"):
+        return None
+    n = _first_int([cfg], name[:-len("_inputs")] + "_seq_len")
+    if not n:
+        return None
+    vocab = _first_int([cfg], "text_encoder_vocab_size", "vocab_size", default=100)
+    return [torch.randint(3, max(4, min(vocab, 100)), (BATCH, n), generator=generator())]
 
 
 
@@ -516,6 +536,8 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     except (TypeError, ValueError):
         params = {}
     main = getattr(model, "main_input_name", "input_ids") or "input_ids"
+    if isinstance(main, (list, tuple)):  # several main inputs (OneFormer's pixels and task tokens): the first
+        main = main[0] if main else "input_ids"
     enc_main = getattr(getattr(model, "encoder", None), "main_input_name", None)
     if main not in ("input_ids", "pixel_values", "input_features", "input_values") and enc_main in params:
         main = enc_main  # an encoder-decoder whose main input is `inputs`: the encoder's (input_values)
@@ -584,7 +606,10 @@ def _keyword_candidates(model: nn.Module) -> list[dict]:
     out = out + _channels_first(params, out) + _step_labels(cfg, params, out)
     tail = _tiled_pixels(cfg, params) + _prompt_images(cfg, params) + _frames_in_batch(cfg, params)
     out = out + tail + _grid_patches(cfg, params) + _windowed_states(cfg, params)
-    return out + _beside_text(cfg, params, out) + _index_args(params, out) + _patch_layouts_r3(cfg, params, main, out)
+    later = _decoder_values(cfg, params) + _waveform_states(cfg, params) + _all_modalities(cfg, params)
+    later = later + _optional_none(params, out + later) + _common_mel(cfg, params) + _flow_step(cfg, params)
+    return (out + _beside_text(cfg, params, out) + _index_args(params, out) + _patch_layouts_r3(cfg, params, main, out)
+            + later)
 
 
 
@@ -1041,3 +1066,121 @@ def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
         extra = {"attention_mask": torch.ones(ids.shape, dtype=torch.long)} if "attention_mask" in first else {}
         out.append({**first, "input_ids": ids, **extra, **{n: mask for n in masks}})
     return out
+
+
+def _decoder_values(cfg, params) -> list[dict]:
+    """Last of all, for an encoder-decoder over continuous values (a forward that takes ``decoder_input_values``:
+    SpeechT5's model without its pre-nets, whose encoder and decoder read hidden states): ``input_values`` and
+    ``decoder_input_values`` both as hidden states at the widths of `_states` (the config's input / hidden width),
+    one candidate per width. [] for any other forward."""
+    if "decoder_input_values" not in params or "input_values" not in params:
+        return []
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    return [{"input_values": x, "decoder_input_values": x.flip(1), **extra} for x in _states(cfg)]
+
+
+def _waveform_states(cfg, params) -> list[dict]:
+    """Last of all, for a waveform encoder whose forward takes the samples as a required ``hidden_states`` (a
+    convolutional codec encoder: VibeVoice's acoustic tokenizer encoder): (BATCH, the config's ``channels`` /
+    ``audio_channels``, samples) with the samples two whole latent frames of the product of the config's
+    ``downsampling_ratios``. [] where the forward takes no required ``hidden_states`` or the config names no ratios."""
+    p = params.get("hidden_states")
+    ratios = getattr(cfg, "downsampling_ratios", None)
+    if p is None or p.default is not inspect.Parameter.empty or not (
+            isinstance(ratios, (list, tuple)) and ratios and all(isinstance(r, int) and r > 0 for r in ratios)):
+        return []
+    chans = _first_int([cfg], "channels", "audio_channels", default=1)
+    hop = int(torch.tensor(ratios).prod())
+    return [{"hidden_states": torch.randn(BATCH, chans, 2 * hop, generator=generator())}]
+
+
+_MODALITIES = ("input_ids", "pixel_values", "pixel_values_videos", "input_values", "input_features")
+
+
+def _all_modalities(cfg, params) -> list[dict]:
+    """Last of all, for a forward that takes several modalities by name and requires a combination of them (a
+    tri-modal contrastive model, PE audio-video: at least two of text, video and audio; its text + video path alone
+    breaks): every modality input it names at once, each by `_required_alternatives` (the i-th alternative of each,
+    aligned: audio samples flat, then with a channel axis). [] where it names fewer than three of them."""
+    names = [n for n in _MODALITIES if n in params]
+    if len(names) < 3:
+        return []
+    alts = {n: _required_alternatives(cfg, n, []) or [] for n in names}
+    alts = {n: v for n, v in alts.items() if v}
+    if len(alts) < 3:
+        return []
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    n_alt = max(len(v) for v in alts.values())
+    return [{**{n: v[min(i, len(v) - 1)] for n, v in alts.items()}, **extra} for i in range(n_alt)]
+
+
+def _optional_none(params, cands: list[dict]) -> list[dict]:
+    """Last of all: each candidate that gives a tensor for a required argument annotated as optional (``mask:
+    torch.Tensor | None`` with no default: Phi-4-multimodal's audio encoder, which builds its own streaming mask
+    where it gets None) again with None there (a tensor built for it by its annotation alone rarely has the shape
+    the forward wants). [] where the forward has no such argument."""
+    names = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and re.search(r"None|Optional", str(p.annotation))]
+    out = []
+    for c in cands:
+        hit = [n for n in names if torch.is_tensor(c.get(n))]
+        if hit:
+            out.append({**c, **{n: None for n in hit}})
+    return out
+
+
+_MEL_FIELDS = ("num_mel_bins", "feature_size", "input_feat_size", "input_feat_per_channel", "n_mels", "mel_bins",
+               "num_mels", "input_dim", "model_in_dim")
+
+
+def _common_mel(cfg, params) -> list[dict]:
+    """Last of all, for a forward that takes ``input_features`` on a config (nested ones included) that names no
+    feature width (none of `_MEL_FIELDS`): features (BATCH, 64 frames, 128 mel bins), the other common mel count
+    beside the 80 the earlier candidates assume (Gemma-4's audio encoder: its feature extractor's 128 bins, which its
+    config does not state; its subsampler's projection is sized for them). [] otherwise."""
+    if "input_features" not in params or _first_int(_configs(cfg), *_MEL_FIELDS):
+        return []
+    return [{"input_features": torch.randn(BATCH, 64, 128, generator=generator())}]
+
+
+def inputs_with_config(module: nn.Module, cfg) -> list[tuple]:
+    """Candidate (args, kwargs) for a submodule with no config of its own (a composite's encoder), from its
+    forward's required arguments built by name (`_required_alternatives`) with its parent model's config `cfg`;
+    [] where one of them is not built."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not required:
+        return []
+    return [((), c) for c in _fill_required(cfg, params, [])]
+
+
+def _flow_step(cfg, params) -> list[dict]:
+    """Last of all, one denoising step of a code-conditioned mel generator (a forward that requires ``time_step``
+    and a ``<x>_code``: Qwen2.5-Omni's token-to-wave DiT), each required argument by name and the config's widths:
+    the step times (BATCH,) in [0, 1), the codes (BATCH, SEQ) below ``num_embeds``, the frames (BATCH, SEQ ×
+    ``repeats``, width) at ``mel_dim`` for ``hidden_states`` and a ``*_vector`` (the reference mel), at
+    ``enc_emb_dim`` for a ``*_embedding`` (the speaker embedding per frame). [] where the forward or the config lacks
+    them, or requires another argument."""
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    codes = [n for n in required if n.endswith("_code")]
+    mel, emb, books = (_first_int([cfg], k) for k in ("mel_dim", "enc_emb_dim", "num_embeds"))
+    if "time_step" not in required or len(codes) != 1 or not (mel and emb and books):
+        return []
+    g = generator()
+    frames = SEQ * _first_int([cfg], "repeats", default=1)
+    out = {"time_step": torch.rand(BATCH, generator=g), codes[0]: torch.randint(0, books, (BATCH, SEQ), generator=g)}
+    for n in required:
+        if n in out:
+            continue
+        if n == "hidden_states" or n.endswith("_vector"):
+            out[n] = torch.randn(BATCH, frames, mel, generator=g)
+        elif n.endswith("_embedding"):
+            out[n] = torch.randn(BATCH, frames, emb, generator=g)
+        else:
+            return []
+    return [out]
