@@ -822,7 +822,10 @@ def _mrope_fallback(cfg, before) -> None:
             rp["mrope_section"] = type(sec)(new)
 
 def _int(cfg, k):
-    v = getattr(cfg, k, None)
+    try:
+        v = getattr(cfg, k, None)
+    except Exception:  # noqa: BLE001 - a heterogeneous config refuses a per-layer field globally (Gemma 4's head_dim)
+        return None
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
@@ -1213,8 +1216,9 @@ def check(model, inputs_candidates, example_inputs=None, _perturbed=False) -> di
         for p in model.parameters():
             if p.is_floating_point() and not _perturbed:
                 p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
-            if p.is_floating_point():  # a config that freezes the weights (FLAVA's image codebook, freeze=True)
-                p.requires_grad_(True)  # leaves no gradient to compare
+        if not any(p.requires_grad for p in model.parameters()):  # a config that freezes the whole model (FLAVA's
+            for p in model.parameters():  # image codebook, freeze=True) leaves no gradient to compare; a part frozen
+                p.requires_grad_(p.is_floating_point())  # by design (BLT's entropy patcher) stays frozen
     t0 = time.time()
     try:
         found = hf_penal.sites(model, example_inputs[0] if example_inputs else None)
