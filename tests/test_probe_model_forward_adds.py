@@ -132,3 +132,33 @@ def test_blocks_named_with_their_number_are_layers():
     expected = [f"s{i}.b{j}.conv" for i in (1, 2) for j in (1, 2)]
     found = _oracle_check(perturbed(_NamedBlocks()), x, lambda m: m(x).square().mean(), expected)
     assert [s.depth for s in found] == [0, 1, 2, 3]
+
+
+class _SelfResidualAttention(nn.Module):
+    """BLT's cross-attention: it returns x + o(x), with its own residual inside."""
+
+    def __init__(self, w=8):
+        super().__init__()
+        self.norm, self.o = nn.LayerNorm(w), nn.Linear(w, w)
+
+    def forward(self, x):
+        return x + self.o(self.norm(x))
+
+
+class _AddsItAgain(nn.Module):
+    """BLT's local encoder adds that output to x again: x + (x + o)."""
+
+    def __init__(self, w=8, n=2):
+        super().__init__()
+        self.cross = nn.ModuleList(_SelfResidualAttention(w) for _ in range(n))
+
+    def forward(self, x):
+        for layer in self.cross:
+            x = x + layer(x)
+        return x
+
+
+def test_an_output_that_already_holds_the_stream_is_not_a_branch_of_it():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    _oracle_check(perturbed(_AddsItAgain()), x, lambda m: m(x).square().mean(), ["cross.0.o", "cross.1.o"])

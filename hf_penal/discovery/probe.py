@@ -265,7 +265,7 @@ class _AddWatcher(TorchFunctionMode):
                 continue
             if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
                 continue
-            index = None if _numbered(owner) else self._stream_index(terms, i, owner, summed)
+            index = None if _numbered(owner) else self._stream_index(terms, i, owner, summed, self.summed.get(tid, set()))
             if _numbered(owner) or index is not None:
                 into = inplace and i == 0 and len(ta) == 1
                 self.branches[tid] = (owner, chain, v, into, a.numel())
@@ -277,14 +277,19 @@ class _AddWatcher(TorchFunctionMode):
                 self.candidates.add(chain[-1][0])
 
     @staticmethod
-    def _stream_index(terms: list, i: int, owner: str, summed: set) -> str | None:
+    def _stream_index(terms: list, i: int, owner: str, summed: set, inner: set) -> str | None:
         """A residual add in a forward outside numbered layers (XLM's model forward: ``x = x + attentions[i](x)``,
         over ModuleLists of branches) counts where the branch module is numbered, a ModuleList entry, and is
         computed from the stream it is added to: its input is another operand, or the output of a module whose
         input is (a pre-norm). Its layer is that entry's index. Adds of sibling outputs (an FPN's lateral conv plus
-        the upsampled coarser level) are not residual and stay suggestions."""
+        the upsampled coarser level) are not residual and stay suggestions; nor is a module output that is itself a
+        sum with the stream it is added to (`inner`: BLT's cross-attention returns x + o, which its encoder adds to x
+        again; the branch is o, found inside)."""
         v = terms[i][2]
-        skips = {born for j, (_, born, _) in enumerate(terms) if j != i and born >= 0} | {b for b in summed if b >= 0}
+        skips = {born for j, (_, born, _) in enumerate(terms) if j != i and born >= 0}
+        if skips & inner:
+            return None
+        skips = skips | {b for b in summed if b >= 0}
         for link, fed in zip(v.chain, v.fed_by):
             index = _list_index(link[0], owner) if _inside(link[0], owner) else None
             if index is not None and skips.intersection(fed):
