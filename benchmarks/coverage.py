@@ -660,46 +660,35 @@ def _width_sums(cfg, before, seen=None) -> None:
 _CHANNEL_FIELD = re.compile(r"_channels?$")
 
 
-def _channel_widths(cfg, before, seen=None) -> None:
+def _channel_widths(cfg, before) -> None:
     """A channel count (a field ending in ``_channel`` / ``_channels``) whose default is the config's default
     ``hidden_size`` set to the shrunk hidden size, where shrinking left it as it was (Phi-4-multimodal's audio
     encoder: its convolution module's ``ext_pw_out_channel`` / ``depthwise_separable_out_channel`` and its
     subsampler's ``nemo_conv_channels`` are the model width) (in place; sub-configs too)."""
-    seen = seen if seen is not None else set()
-    if id(cfg) in seen or type(cfg) is not type(before):
-        return
-    seen.add(id(cfg))
-    own, own0 = _int(cfg, "hidden_size"), _int(before, "hidden_size")
-    if own and own0 and own != own0:
-        for k, v in _fields(cfg).items():
-            if (_CHANNEL_FIELD.search(k) and k not in _TABLE_KEYS and _int(cfg, k) and v == own0
-                    and getattr(before, k, None) == v):
-                _set(cfg, k, own)
-    for k, sub in vars(cfg).items():
-        if _is_config(sub) and _is_config(getattr(before, k, None)):
-            _channel_widths(sub, getattr(before, k), seen)
+    for c, b in _configs_with(cfg, before):
+        own, own0 = _int(c, "hidden_size"), _int(b, "hidden_size")
+        if type(c) is not type(b) or not (own and own0 and own != own0):
+            continue
+        for k, v in _fields(c).items():
+            if (_CHANNEL_FIELD.search(k) and k not in _TABLE_KEYS and _int(c, k) and v == own0
+                    and getattr(b, k, None) == v):
+                _set(c, k, own)
 
 
 _PER_BLOCK = re.compile(r"^num_\w+_per_block$")  # layers repeated inside each block: a depth
 _LATENT_WIDTH = re.compile(r"^d_latents?$")  # the width of a latent array (Perceiver's d_latents)
 
 
-def _latent_sizes(cfg, seen=None) -> None:
+def _latent_sizes(cfg) -> None:
     """A latent-array model's own depth and width fields, which the tables do not name: ``num_<x>_per_block``
     (Perceiver's num_self_attends_per_block, 26 self-attention layers per block) at most 2, ``d_latents`` (its
     latent width, 1280) at most the small width 32 (in place; sub-configs too)."""
-    seen = seen if seen is not None else set()
-    if id(cfg) in seen:
-        return
-    seen.add(id(cfg))
-    for k, v in _fields(cfg).items():
-        if _int(cfg, k) and _PER_BLOCK.search(k) and v > 2:
-            _set(cfg, k, 2)
-        elif _int(cfg, k) and _LATENT_WIDTH.search(k) and v > 32:
-            _set(cfg, k, 32)
-    for sub in vars(cfg).values():
-        if _is_config(sub):
-            _latent_sizes(sub, seen)
+    for c, _ in _configs_with(cfg, cfg):  # the config and every nested one
+        for k, v in _fields(c).items():
+            if _int(c, k) and _PER_BLOCK.search(k) and v > 2:
+                _set(c, k, 2)
+            elif _int(c, k) and _LATENT_WIDTH.search(k) and v > 32:
+                _set(c, k, 32)
 
 
 _LAYER_INDICES = re.compile(r"layers?_ind(ices|exes)$")

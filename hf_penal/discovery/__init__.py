@@ -26,13 +26,16 @@ __all__ = ["ResidualSite", "NoResidualSiteError", "ProbeFailedError", "discover"
            "branch_candidates", "module_at"]
 
 
+def _related(name: str, blocks: set[str]) -> bool:
+    """Whether module `name` is, holds or lies in one of the table blocks `blocks`."""
+    return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
+
+
 def _stacks_outside(model: nn.Module, blocks: set[str]) -> bool:
     """Whether the model has a ModuleList of layers none of which is, holds or lies in a table block (a vision or
     audio tower next to a text tower the table knows, a detection transformer next to a table backbone)."""
-    def related(name):
-        return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
-    return any(isinstance(m, nn.ModuleList) and len(m) > 0 and not related(n)
-               and not any(related(f"{n}.{i}" if n else i) for i, _ in m.named_children())
+    return any(isinstance(m, nn.ModuleList) and len(m) > 0 and not _related(n, blocks)
+               and not any(_related(f"{n}.{i}" if n else i, blocks) for i, _ in m.named_children())
                for n, m in model.named_modules())
 
 
@@ -51,9 +54,8 @@ def discover(model: nn.Module, example_inputs: Any = None, strict: bool = True) 
             probed = []
         # a probed branch inside a table block, or one whose module is or holds a table block (SuperGlue's GNN adds
         # each table-recorded layer's output in its own loop: the probe's site there is the table's branch again)
-        inside = [s for s in probed if any(s["block"] == b or s["block"].startswith(b + ".") or s["name"] == b
-                                           or s["name"].startswith(b + ".") or b.startswith(s["name"] + ".")
-                                           for b in blocks)]
+        inside = [s for s in probed if _related(s["name"], blocks)
+                  or any(s["block"] == b or s["block"].startswith(b + ".") for b in blocks)]
         if probed and len(inside) < len(probed):
             order = {n: i for i, (n, _) in enumerate(model.named_modules())}
             raw = sorted(raw + [s for s in probed if s not in inside], key=lambda s: order[s["name"]])

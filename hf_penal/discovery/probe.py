@@ -55,11 +55,15 @@ def _inside(name: str, owner: str) -> bool:
     return name.startswith(owner + ".") if owner else bool(name)
 
 
+def _relative(name: str, owner: str) -> str:
+    """Module `name` relative to `owner`, where it is inside it; else `name`."""
+    return name[len(owner) + 1:] if owner and name.startswith(owner + ".") else name
+
+
 def _list_index(name: str, owner: str) -> str | None:
     """The first index in the name of module `name` below `owner` (``attentions.3`` -> "3": a ModuleList entry),
     or None."""
-    rel = name[len(owner) + 1:] if owner else name
-    return next((p for p in rel.split(".") if p.isdigit()), None)
+    return next((p for p in _relative(name, owner).split(".") if p.isdigit()), None)
 
 
 def _kind_from_text(text: str) -> str | None:
@@ -78,10 +82,8 @@ def guess_kind(name: str, module: nn.Module, owner: str = "", owner_module: nn.M
     """Kind of a probed site, from (in order) its name relative to the block, the block's class, the block's name,
     the names of the modules inside it that returned the same value (`inner`, e.g. the attention under a drop path).
     """
-    def rel(n):
-        return n[len(owner) + 1:] if owner and n.startswith(owner + ".") else n
     block = type(owner_module).__name__ if owner_module is not None else ""
-    for text in (rel(name), block, owner, *(rel(n) for n in inner)):
+    for text in (_relative(name, owner), block, owner, *(_relative(n, owner) for n in inner)):
         kind = _kind_from_text(text)
         if kind:
             return kind
@@ -265,8 +267,9 @@ class _AddWatcher(TorchFunctionMode):
                 continue
             if not any(born < v.start for j, (_, born, _) in enumerate(terms) if j != i):
                 continue
-            index = None if _numbered(owner) else self._stream_index(terms, i, owner, summed, self.summed.get(tid, set()))
-            if _numbered(owner) or index is not None:
+            numbered = _numbered(owner)
+            index = None if numbered else self._stream_index(terms, i, owner, summed, self.summed.get(tid, set()))
+            if numbered or index is not None:
                 into = inplace and i == 0 and len(ta) == 1
                 self.branches[tid] = (owner, chain, v, into, a.numel())
                 if index is not None:

@@ -187,6 +187,21 @@ def _feature_layouts(cfg, mel: int, width: int) -> list[tuple[int, int]]:
     return out
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive_ints(cfg) -> dict:
+    """A config's own fields that hold a positive int, by name."""
+    return {k: v for k, v in vars(cfg).items() if _positive_int(v)}
+
+
+def _required_names(params) -> list[str]:
+    """The forward's required arguments (no default; not ``*args`` / ``**kwargs``), in order."""
+    return [n for n, p in params.items() if p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def _first_int(cfgs, *names, default: int | None = None) -> int | None:
     """The first positive int (or the first element of a list of ints) among `names` on the configs, in order."""
     for c in cfgs:
@@ -194,7 +209,7 @@ def _first_int(cfgs, *names, default: int | None = None) -> int | None:
             v = getattr(c, n, None)
             if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) for x in v):
                 v = v[0]
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            if _positive_int(v):
                 return v
     return default
 
@@ -449,8 +464,7 @@ def _fill_required(cfg, params, cands: list[dict]) -> list[dict]:
     """Each candidate completed with the forward's required arguments it lacks (one candidate per alternative of
     the built ones, aligned: the i-th alternative of each); a forward none of whose candidates covers its required
     arguments gets candidates of those arguments alone."""
-    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = _required_names(params)
     if not required:
         return cands
     grid = "grid_thw" in required
@@ -487,7 +501,7 @@ def _tower_inputs(cfg, params) -> list[dict]:
     the forward has no such argument, or one that is neither built by name nor a floating tensor."""
     width = _first_int([cfg], "hidden_size", "d_model", "hidden_dim")
     named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    required = [n for n, p in named.items() if p.default is inspect.Parameter.empty]
+    required = _required_names(params)
     alts = {n: _required_alternatives(cfg, n, required) for n in required}
     unbuilt = [n for n in required if alts[n] is None]
     if not width or not unbuilt:
@@ -640,8 +654,8 @@ def _beside_text(cfg, params, cands: list[dict]) -> list[dict]:
             out.append({**c, **{k: torch.randn(b, SEQ, d, generator=g) for k, d in feats.items() if k not in c}})
         embeds = [k for k in params if k.endswith("_embeds") and k != "inputs_embeds" and k not in c]
         if "inputs_embeds" in c and embeds:
-            widths = [x.shape[-1] for x in _states(cfg)] + [v for k, v in vars(cfg).items() if k.startswith(
-                "hidden_size_") and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+            widths = [x.shape[-1] for x in _states(cfg)] + [v for k, v in _positive_ints(cfg).items()
+                                                            if k.startswith("hidden_size_")]
             out += [{**c, **{k: torch.randn(b, SEQ, w, generator=g) for k in embeds}} for w in dict.fromkeys(widths)]
     return out
 
@@ -655,8 +669,7 @@ def _index_args(params, cands: list[dict]) -> list[dict]:
     ``question_type_ids``): the first candidate with token ids, with each of them (BATCH, 1) ones: position 1, one
     item, type 1 (valid in any table of two or more entries)."""
     first = next((c for c in cands if torch.is_tensor(c.get("input_ids"))), None)
-    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = _required_names(params)
     missing = [n for n in required if first is not None and n not in first]
     if not missing or not all(_INDEX.search(str(params[n].annotation)) for n in missing):
         return []
@@ -706,8 +719,7 @@ def _named_late(cfg, params, cands: list[dict]) -> list[dict]:
     (``patch_ids`` with ``num_patches``: two tokens a patch); retrieved documents (``context_input_ids``: the
     config's ``n_docs`` rows of generator ids per sample, with ``context_attention_mask`` and ``doc_scores``)."""
     g, out = generator(), []
-    stems = {k[:-4]: v for k, v in vars(cfg).items() if k.endswith("_dim") and len(k) > 6
-             and isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    stems = {k[:-4]: v for k, v in _positive_ints(cfg).items() if k.endswith("_dim") and len(k) > 6}
     steps = {n: torch.randn(BATCH, SEQ, d, generator=g) for n in params if not _NOT_STEP_INPUT.search(n)
              for stem, d in stems.items() if n.split("_")[0].startswith(stem)}
     if steps:
@@ -1022,8 +1034,7 @@ def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
     cs = _vision_cfgs(cfg)
     p = _first_int(cs, "patch_size")
     ch = _first_int(cs, "num_channels", "in_channels", default=3)
-    required = [n for n, q in params.items() if q.default is inspect.Parameter.empty
-                and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+    required = _required_names(params)
     if p and "pixel_values" in params and not any(n.endswith("grid_thw") for n in params):
         h, w = _pixels(cfg).shape[-2:]
         if h >= p and w >= p:
@@ -1042,8 +1053,7 @@ def _patch_layouts_r3(cfg, params, main: str, cands: list[dict]) -> list[dict]:
             and not any("hidden_states" in c for c in cands)):
         out.append({"hidden_states": _pixels(cfg)})
     if "hidden_states" in required and set(required) <= {"hidden_states"}:  # a head fed another net's features
-        widths = [v for k, v in vars(cfg).items() if k.endswith("_out_channels") and isinstance(v, int)
-                  and not isinstance(v, bool) and v > 0]
+        widths = [v for k, v in _positive_ints(cfg).items() if k.endswith("_out_channels")]
         out += [{"hidden_states": torch.randn(BATCH, SEQ, w, generator=g)} for w in dict.fromkeys(widths)]
     if "flattened_patches" in params and main != "flattened_patches" and not any(
             "flattened_patches" in c for c in cands):
@@ -1119,8 +1129,7 @@ def _optional_none(params, cands: list[dict]) -> list[dict]:
     torch.Tensor | None`` with no default: Phi-4-multimodal's audio encoder, which builds its own streaming mask
     where it gets None) again with None there (a tensor built for it by its annotation alone rarely has the shape
     the forward wants). [] where the forward has no such argument."""
-    names = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and re.search(r"None|Optional", str(p.annotation))]
+    names = [n for n in _required_names(params) if re.search(r"None|Optional", str(params[n].annotation))]
     out = []
     for c in cands:
         hit = [n for n in names if torch.is_tensor(c.get(n))]
@@ -1151,8 +1160,7 @@ def inputs_with_config(module: nn.Module, cfg) -> list[tuple]:
         params = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return []
-    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = _required_names(params)
     if not required:
         return []
     return [((), c) for c in _fill_required(cfg, params, [])]
@@ -1165,8 +1173,7 @@ def _flow_step(cfg, params) -> list[dict]:
     ``repeats``, width) at ``mel_dim`` for ``hidden_states`` and a ``*_vector`` (the reference mel), at
     ``enc_emb_dim`` for a ``*_embedding`` (the speaker embedding per frame). [] where the forward or the config lacks
     them, or requires another argument."""
-    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = _required_names(params)
     codes = [n for n in required if n.endswith("_code")]
     mel, emb, books = (_first_int([cfg], k) for k in ("mel_dim", "enc_emb_dim", "num_embeds"))
     if "time_step" not in required or len(codes) != 1 or not (mel and emb and books):
